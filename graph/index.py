@@ -1,0 +1,220 @@
+"""The vector index: derived data, rebuilt or reconciled from ``graph.db``.
+
+Contract of a :class:`VectorIndex` backend (one conformance suite,
+``tests/graph/test_index_conformance.py``, runs against each):
+
+- vectors are keyed by node id inside a scope; ``upsert`` of the same id
+  replaces (it is idempotent), ``delete`` of an absent id is not an error;
+- ``query`` returns ``(id, similarity)`` pairs, best first, where similarity
+  is cosine similarity: **higher is closer**, 1.0 for the same direction;
+- a query never returns ids of another scope; ``drop_scope`` removes a
+  scope's vectors at once.
+
+Backends: embedded Chroma (``PersistentClient`` under ``home/chroma``) and a
+Chroma server (``HttpClient``) when a URL is configured. Each scope is one
+Chroma collection, so scopes are separate by construction. Embedded Chroma
+must have a single writer process; the process that opens it holds
+``chroma.lock`` until it closes, and other processes get
+:class:`IndexUnavailable` (they still log; the owner embeds their nodes).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from graph.errors import IndexUnavailable
+
+__all__ = ["ChromaIndex", "VectorIndex", "collection_name"]
+
+log = logging.getLogger(__name__)
+
+
+def collection_name(scope: str) -> str:
+    """A Chroma-legal collection name for a scope (Chroma allows [a-zA-Z0-9._-], 3-512 chars)."""
+    return "mindloop-" + hashlib.sha256(scope.encode("utf-8")).hexdigest()[:24]
+
+
+class VectorIndex:
+    """Base class; see the module docstring for the contract."""
+
+    def upsert(self, scope: str, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict]) -> None:
+        raise NotImplementedError
+
+    def delete(self, scope: str, ids: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def drop_scope(self, scope: str) -> None:
+        raise NotImplementedError
+
+    def query(self, scope: str, vector: np.ndarray, k: int, *, kinds: Sequence[str] | None = None,
+              since: float | None = None) -> list[tuple[str, float]]:
+        raise NotImplementedError
+
+    def ids(self, scope: str) -> set[str]:
+        raise NotImplementedError
+
+    def scopes(self) -> list[str]:
+        raise NotImplementedError
+
+    def count(self, scope: str | None = None) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the backend holds (the writer lock of embedded Chroma)."""
+
+
+class ChromaIndex(VectorIndex):
+    """Chroma, embedded under ``path`` or a server at ``url``.
+
+        >>> import tempfile, numpy as np
+        >>> index = ChromaIndex(path=tempfile.mkdtemp())
+        >>> index.upsert("alice", ["n1"], np.eye(3, dtype="float32")[:1], [{"kind": "turn", "created": 0.0}])
+        >>> index.query("alice", np.eye(3, dtype="float32")[0], 1)
+        [('n1', 1.0)]
+        >>> index.close()
+    """
+
+    def __init__(self, *, path: str | os.PathLike | None = None, url: str | None = None) -> None:
+        if (path is None) == (url is None):
+            raise ValueError("give exactly one of path (embedded Chroma) or url (Chroma server)")
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        self._lock_fh = None
+        self._collections: dict[str, Any] = {}
+        if url is not None:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise IndexUnavailable(f"Chroma URL {url!r} must look like http://host:port")
+            self.where = url
+            try:
+                self._client = chromadb.HttpClient(
+                    host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                    ssl=parsed.scheme == "https", settings=settings,
+                )
+                self._client.heartbeat()
+            except Exception as e:  # the client raises several types for "not reachable"
+                raise IndexUnavailable(f"Chroma server at {url} is not reachable: {e}") from None
+        else:
+            root = Path(path)
+            root.mkdir(parents=True, exist_ok=True)
+            self.where = str(root)
+            lock_path = root.parent / f"{root.name}.lock"
+            fh = open(lock_path, "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                owner = fh.read().strip() or "another process"
+                fh.close()
+                raise IndexUnavailable(
+                    f"embedded Chroma at {root} is in use by {owner}; embedded Chroma has one writer. "
+                    "Set MINDLOOP_CHROMA_URL to share a Chroma server between processes."
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}\n")
+            fh.flush()
+            self._lock_fh = fh
+            try:
+                self._client = chromadb.PersistentClient(path=str(root), settings=settings)
+            except Exception as e:
+                self.close()
+                raise IndexUnavailable(f"embedded Chroma at {root} cannot be opened: {e}") from None
+
+    def _collection(self, scope: str, create: bool = True):
+        coll = self._collections.get(scope)
+        if coll is not None:
+            return coll
+        name = collection_name(scope)
+        if create:
+            coll = self._client.get_or_create_collection(
+                name, embedding_function=None, metadata={"scope": scope},
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+        else:
+            try:
+                coll = self._client.get_collection(name, embedding_function=None)
+            except Exception:  # chromadb raises NotFoundError / ValueError by version
+                return None
+        self._collections[scope] = coll
+        return coll
+
+    def upsert(self, scope, ids, vectors, metadatas) -> None:
+        if len(ids):
+            self._collection(scope).upsert(ids=list(ids), embeddings=np.asarray(vectors, dtype=np.float32),
+                                           metadatas=list(metadatas))
+
+    def delete(self, scope, ids) -> None:
+        coll = self._collection(scope, create=False)
+        if coll is not None and len(ids):
+            for i in range(0, len(ids), 5000):
+                coll.delete(ids=list(ids[i : i + 5000]))
+
+    def drop_scope(self, scope) -> None:
+        self._collections.pop(scope, None)
+        try:
+            self._client.delete_collection(collection_name(scope))
+        except Exception:  # absent collection: nothing to drop
+            pass
+
+    def query(self, scope, vector, k, *, kinds=None, since=None) -> list[tuple[str, float]]:
+        coll = self._collection(scope, create=False)
+        if coll is None or k < 1:
+            return []
+        clauses: list[dict] = []
+        if kinds:
+            clauses.append({"kind": {"$in": list(kinds)}})
+        if since is not None:
+            clauses.append({"created": {"$gte": float(since)}})
+        where = clauses[0] if len(clauses) == 1 else ({"$and": clauses} if clauses else None)
+        res = coll.query(query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1), n_results=k,
+                         where=where, include=["distances"])
+        ids, dists = res["ids"][0], res["distances"][0]
+        return [(i, round(1.0 - float(d), 6)) for i, d in zip(ids, dists)]
+
+    def ids(self, scope) -> set[str]:
+        coll = self._collection(scope, create=False)
+        if coll is None:
+            return set()
+        out: set[str] = set()
+        page = 10_000
+        offset = 0
+        while True:
+            got = coll.get(include=[], limit=page, offset=offset)["ids"]
+            out.update(got)
+            if len(got) < page:
+                return out
+            offset += page
+
+    def scopes(self) -> list[str]:
+        out = []
+        for coll in self._client.list_collections():
+            meta = getattr(coll, "metadata", None) or {}
+            if coll.name.startswith("mindloop-") and "scope" in meta:
+                out.append(meta["scope"])
+        return sorted(out)
+
+    def count(self, scope=None) -> int:
+        if scope is not None:
+            coll = self._collection(scope, create=False)
+            return 0 if coll is None else coll.count()
+        return sum(self.count(s) for s in self.scopes())
+
+    def close(self) -> None:
+        self._collections.clear()
+        if self._lock_fh is not None:
+            try:
+                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            finally:
+                self._lock_fh.close()
+                self._lock_fh = None

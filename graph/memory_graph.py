@@ -1,0 +1,464 @@
+"""MemoryGraph: the one object the rest of mindloop uses to write and read memory.
+
+It ties together the durable store (SQLite, source of truth), the vector
+index (Chroma; derived, reconciled on open), the background embedding worker
+and the networkx view. Collaborators are injected, so tests pass fakes::
+
+    >>> import tempfile
+    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> g = MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder())
+    >>> t = g.log_turn("s1", "user", "please rename foo to bar", scope="alice")
+    >>> g.flush()
+    True
+    >>> g.search("rename foo", scope="alice")[0].node.id == t.id
+    True
+    >>> g.close()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any, Iterable, Sequence
+
+from graph.config import GraphConfig
+from graph.embed import Embedder, make_embedder
+from graph.errors import GraphError, IndexUnavailable, InvalidRecord, NodeNotFound
+from graph.index import ChromaIndex, VectorIndex
+from graph.records import (
+    ROLES,
+    Edge,
+    EdgeKind,
+    Node,
+    Session,
+    Turn,
+    check_text,
+    edge_from_json,
+    record_from_json,
+)
+from graph.search import Hit, hybrid_search
+from graph.store import Store
+from graph.view import GraphView
+from graph.worker import EmbedWorker
+
+__all__ = ["MemoryGraph", "session_id", "turn_id"]
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "mindloop-graph/1"
+
+
+def session_id(scope: str, session: str) -> str:
+    """The node id of a session: stable, and distinct across scopes."""
+    return "session_" + hashlib.sha256(f"{scope}\0{session}".encode()).hexdigest()[:24]
+
+
+def turn_id(scope: str, session: str, position: int, role: str, text: str) -> str:
+    """A content-derived turn id, used by imports so that importing a file twice adds nothing."""
+    key = f"{scope}\0{session}\0{position}\0{role}\0{text}".encode("utf-8", "surrogatepass")
+    return "turn_" + hashlib.sha256(key).hexdigest()[:32]
+
+
+class MemoryGraph:
+    """The memory graph: log, link, search, forget, export.
+
+    Build one with :meth:`open` (it makes the store, index and embedder the
+    config names), or pass collaborators directly: ``MemoryGraph(store,
+    index, embedder, config)``. ``index`` may be None: the graph then logs
+    and searches lexically and by graph only, and its nodes wait, pending,
+    for a process that has an index.
+    """
+
+    def __init__(self, store: Store, index: VectorIndex | None, embedder: Embedder,
+                 config: GraphConfig | None = None, *, reconcile: bool = True, open_index=None) -> None:
+        self.config = config or GraphConfig(home=store.path.parent)
+        self.store = store
+        self.embedder = embedder
+        self._index = index
+        self._open_index = open_index
+        self._index_note: str | None = None
+        self._index_lock = threading.Lock()
+        self._last_index_try = 0.0
+        self.view = GraphView(store)
+        if index is not None and reconcile:
+            self.reconcile()
+        self.worker = EmbedWorker(store, lambda: self.index, embedder, batch=self.config.embed_batch,
+                                  poll_s=self.config.embed_poll_s, max_chars=self.config.embed_max_chars)
+        self.worker.notify()
+        self._closed = False
+
+    @classmethod
+    def open(cls, config: GraphConfig | None = None, *, embedder: Embedder | None = None,
+             index: VectorIndex | None = None) -> "MemoryGraph":
+        """Open (creating if needed) the graph in ``config.home``."""
+        config = config or GraphConfig()
+        config.home.mkdir(parents=True, exist_ok=True)
+        store = Store(config.db_path, durability=config.durability)
+
+        def open_index() -> VectorIndex:
+            if config.chroma_url:
+                return ChromaIndex(url=config.chroma_url)
+            return ChromaIndex(path=config.chroma_path)
+
+        note = None
+        if index is None:
+            try:
+                index = open_index()
+            except IndexUnavailable as e:
+                note = str(e)
+                log.warning("vector index unavailable, searching lexically and by graph only: %s", e)
+        graph = cls(store, index, embedder or make_embedder(config.embedder), config, open_index=open_index)
+        graph._index_note = note
+        return graph
+
+    # -- the index, possibly owned by another process --------------------------
+
+    @property
+    def index(self) -> VectorIndex | None:
+        """The vector index, or None while another process owns embedded Chroma (retried every 5 s)."""
+        if self._index is not None or self._open_index is None:
+            return self._index
+        with self._index_lock:
+            if self._index is None and time.monotonic() - self._last_index_try > 5.0:
+                self._last_index_try = time.monotonic()
+                try:
+                    index = self._open_index()
+                except IndexUnavailable as e:
+                    self._index_note = str(e)
+                else:
+                    self._index = index
+                    self._index_note = None
+                    self.reconcile()
+        return self._index
+
+    @property
+    def index_note(self) -> str | None:
+        """Why the vector index is unavailable, or None when it is in use."""
+        return self._index_note
+
+    # -- writing -----------------------------------------------------------------
+
+    def _text(self, text: Any, what: str = "text") -> str:
+        return check_text(text, max_bytes=self.config.max_text_bytes, what=what)
+
+    def _scope(self, scope: str | None) -> str:
+        scope = self.config.scope if scope is None else scope
+        if not isinstance(scope, str) or not scope.strip():
+            raise InvalidRecord(f"scope must be a non-empty string, got {scope!r}")
+        return scope
+
+    def _ensure_session(self, conn, scope: str, session: str) -> None:
+        node = Session(scope=scope, session=session, id=session_id(scope, session), title=session)
+        self.store.insert_node(conn, node, text=None, or_ignore=True)
+
+    def _mark_truncated(self, node: Node, text: str | None) -> None:
+        if text is not None and len(text) > self.config.embed_max_chars and hasattr(node, "meta"):
+            node.meta = {**node.meta, "embed_truncated": True, "embedded_chars": self.config.embed_max_chars}
+
+    def log_turn(self, session: str, role: str, text: str, *, scope: str | None = None, model: str | None = None,
+                 checkpoint: str | None = None, latency_ms: float | None = None, meta: dict | None = None,
+                 id: str | None = None, created: float | None = None) -> Turn:
+        """Append a turn to ``session`` and return it once its transaction has committed.
+
+        The turn is linked to the previous turn of the session by a ``next``
+        edge; its vector is computed later by the background worker. A turn
+        whose text is longer than ``embed_max_chars`` is stored whole,
+        embedded from its start, and marked with ``meta["embed_truncated"]``.
+        """
+        return self.log_turns(session, [dict(role=role, text=text, model=model, checkpoint=checkpoint,
+                                              latency_ms=latency_ms, meta=meta, id=id, created=created)],
+                              scope=scope)[0]
+
+    def log_turns(self, session: str, turns: Sequence[dict[str, Any]], *, scope: str | None = None) -> list[Turn]:
+        """Append several turns to one session in one transaction (all or nothing).
+
+        Each dict has ``role`` and ``text`` and may have ``model``,
+        ``checkpoint``, ``latency_ms``, ``meta``, ``id`` and ``created``. A
+        turn whose ``id`` is already stored is skipped (imports use
+        content-derived ids, so repeating an import adds nothing); the
+        returned list then holds the stored turn.
+        """
+        scope = self._scope(scope)
+        if not isinstance(session, str) or not session.strip():
+            raise InvalidRecord(f"session must be a non-empty string, got {session!r}")
+        prepared: list[Turn] = []
+        for i, t in enumerate(turns):
+            role = t.get("role")
+            if role not in ROLES:
+                raise InvalidRecord(f"turn {i}: role {role!r} is not one of {', '.join(ROLES)}")
+            text = self._text(t.get("text"), what=f"turn {i} text")
+            meta = t.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise InvalidRecord(f"turn {i}: meta must be an object, got {type(meta).__name__}")
+            turn = Turn(scope=scope, session=session, role=role, text=text, model=t.get("model"),
+                        checkpoint=t.get("checkpoint"), latency_ms=t.get("latency_ms"), meta=dict(meta),
+                        id=t.get("id") or "", created=t.get("created") or time.time())
+            self._mark_truncated(turn, text)
+            prepared.append(turn)
+        out: list[Turn] = []
+        with self.store.write() as conn:
+            self._ensure_session(conn, scope, session)
+            last = self.store.last_turn(conn, scope, session)
+            for turn in prepared:
+                if self.store.exists(conn, turn.id):
+                    out.append(self.store.get_node(turn.id))  # type: ignore[arg-type]
+                    continue
+                turn.index = 0 if last is None else last[1] + 1
+                self.store.insert_node(conn, turn, text=turn.text, pos=turn.index)
+                if last is not None:
+                    self.store.insert_edge(conn, Edge(src=last[0], dst=turn.id, kind="next", scope=scope))
+                last = (turn.id, turn.index)
+                out.append(turn)
+        self.worker.notify()
+        return out
+
+    def add(self, node: Node, edges: Iterable[Edge | tuple[str, str, str]] = ()) -> Node:
+        """Store a new node (any kind) and, in the same transaction, edges to or from it."""
+        text = node.embed_text()
+        if text is not None:
+            self._text(text, what=f"{node.kind} text")
+        if isinstance(node, Turn):
+            raise InvalidRecord("turns are stored with log_turn / log_turns, which keep session order")
+        self._mark_truncated(node, text)
+        with self.store.write() as conn:
+            if node.session:
+                self._ensure_session(conn, node.scope, node.session)
+            self.store.insert_node(conn, node, text=text)
+            for e in edges:
+                self.store.insert_edge(conn, e if isinstance(e, Edge) else Edge(src=e[0], dst=e[1], kind=e[2]))
+        if text is not None:
+            self.worker.notify()
+        return node
+
+    def update(self, node: Node) -> Node:
+        """Replace a stored node's fields (its kind and scope stay). Changed text is re-embedded."""
+        text = node.embed_text()
+        if text is not None:
+            self._text(text, what=f"{node.kind} text")
+        with self.store.write() as conn:
+            self.store.update_node(conn, node, text=text)
+        if text is not None:
+            self.worker.notify()
+        return node
+
+    def link(self, src: str, dst: str, kind: str | EdgeKind, data: dict | None = None) -> Edge:
+        """Add an edge (idempotent per src, dst, kind). Both ends must exist in the same scope."""
+        edge = Edge(src=src, dst=dst, kind=kind.value if isinstance(kind, EdgeKind) else kind, data=data or {})
+        with self.store.write() as conn:
+            self.store.insert_edge(conn, edge)
+        return edge
+
+    def unlink(self, src: str, dst: str, kind: str | EdgeKind) -> bool:
+        kind = Edge(src=src, dst=dst, kind=kind.value if isinstance(kind, EdgeKind) else kind).kind
+        with self.store.write() as conn:
+            return self.store.delete_edge(conn, src, dst, kind)
+
+    # -- reading -----------------------------------------------------------------
+
+    def get(self, node_id: str, scope: str | None = None) -> Node:
+        """The node with this id (optionally only if it is in ``scope``); :class:`NodeNotFound` otherwise."""
+        return self.store.get_node(node_id, scope)
+
+    def nodes(self, *, kind: str | None = None, scope: str | None = None, session: str | None = None,
+              since: float | None = None, limit: int | None = None, newest_first: bool = False) -> list[Node]:
+        if kind is not None:
+            from graph.records import NODE_CLASSES, UnknownKind
+
+            if kind not in NODE_CLASSES:
+                raise UnknownKind(f"unknown node kind {kind!r}; allowed: {', '.join(NODE_CLASSES)}")
+        return self.store.list_nodes(scope=self._scope(scope), kind=kind, session=session, since=since, limit=limit,
+                                     newest_first=newest_first)
+
+    def session_turns(self, session: str, scope: str | None = None) -> list[Turn]:
+        """The turns of a session, in order."""
+        turns = self.store.list_nodes(scope=self._scope(scope), kind="turn", session=session)
+        return sorted(turns, key=lambda t: t.index)  # type: ignore[attr-defined]
+
+    def edges(self, node_id: str, *, kinds: Iterable[str] | None = None, direction: str = "both") -> list[Edge]:
+        if direction not in ("in", "out", "both"):
+            raise ValueError(f"direction must be 'in', 'out' or 'both', got {direction!r}")
+        return self.store.edges_of(node_id, kinds=kinds, direction=direction)
+
+    def search(self, text: str, k: int | None = None, *, kinds: Sequence[str] | None = None,
+               scope: str | None = None, since: float | None = None, hops: int | None = None) -> list[Hit]:
+        """Hybrid search within one scope; see :mod:`graph.search`."""
+        text = self._text(text, what="query")
+        k = self.config.search_k if k is None else k
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if kinds:
+            from graph.records import NODE_CLASSES, UnknownKind
+
+            bad = [x for x in kinds if x not in NODE_CLASSES]
+            if bad:
+                raise UnknownKind(f"unknown node kinds {bad}; allowed: {', '.join(NODE_CLASSES)}")
+        return hybrid_search(self, text, k=k, scope=self._scope(scope), kinds=list(kinds) if kinds else None,
+                             since=since, hops=self.config.search_hops if hops is None else hops)
+
+    # -- forgetting --------------------------------------------------------------
+
+    def forget(self, *, scope: str | None = None, session: str | None = None) -> int:
+        """Remove every node of a scope, or of one session in it, from SQLite, Chroma and the view.
+
+        Returns how many nodes were removed. Their history rows lose their
+        payloads. If the process dies between the SQLite commit and the
+        Chroma delete, the next open's reconciliation removes the vectors.
+        """
+        if scope is None and session is None:
+            raise ValueError("forget needs scope=..., session=... or both")
+        scope = self._scope(scope)
+        with self.store.write() as conn:
+            ids = self.store.delete_where(conn, scope=scope, session=session)
+        index = self.index
+        if index is not None:
+            if session is None:
+                index.drop_scope(scope)
+            else:
+                index.delete(scope, ids)
+        self.view.sync()
+        return len(ids)
+
+    # -- vectors -----------------------------------------------------------------
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every pending vector is in the index. False on timeout or without an index."""
+        return self.worker.flush(timeout)
+
+    def reconcile(self) -> dict[str, int]:
+        """Make the index hold exactly the embeddable nodes of ``graph.db``.
+
+        Vectors whose node is gone are deleted; nodes whose vector is missing
+        are marked pending, and the worker embeds them.
+        """
+        index = self._index
+        if index is None:
+            return {"deleted": 0, "pending": 0}
+        deleted = pending = 0
+        store_scopes = set(self.store.scopes())
+        for scope in sorted(set(index.scopes()) | store_scopes):
+            want = self.store.embeddable_ids(scope) if scope in store_scopes else set()
+            if not want:
+                if index.count(scope):
+                    deleted += index.count(scope)
+                    index.drop_scope(scope)
+                continue
+            have = index.ids(scope)
+            extra = sorted(have - want)
+            missing = sorted(want - have)
+            if extra:
+                index.delete(scope, extra)
+            if missing:
+                self.store.mark_pending(missing)
+            deleted += len(extra)
+            pending += len(missing)
+        if deleted or pending:
+            log.info("reconciled vectors: %d deleted, %d to embed", deleted, pending)
+        return {"deleted": deleted, "pending": pending}
+
+    # -- export / import ---------------------------------------------------------
+
+    def export(self, scope: str, out: IO[str]) -> dict[str, int]:
+        """Write a scope as JSONL: a header line, then one ``{"node": ...}`` or ``{"edge": ...}`` per line."""
+        scope = self._scope(scope)
+        conn = self.store.conn
+        conn.execute("BEGIN")  # one consistent snapshot
+        try:
+            nodes = self.store.list_nodes(scope=scope)
+            edges = self.store.list_edges(scope)
+        finally:
+            conn.execute("COMMIT")
+        out.write(json.dumps({"format": EXPORT_FORMAT, "scope": scope, "nodes": len(nodes), "edges": len(edges)},
+                             ensure_ascii=False) + "\n")
+        for node in nodes:
+            out.write(json.dumps({"node": node.to_json()}, ensure_ascii=False) + "\n")
+        for edge in edges:
+            out.write(json.dumps({"edge": edge.to_json()}, ensure_ascii=False) + "\n")
+        return {"nodes": len(nodes), "edges": len(edges)}
+
+    def import_(self, lines: Iterable[str], *, scope: str | None = None) -> dict[str, int]:
+        """Load an :meth:`export` file, all or nothing; nodes already present are skipped.
+
+        ``scope`` moves the records into another scope than the one exported.
+        Raises :class:`InvalidRecord` naming the first bad line; then nothing is written.
+        """
+        nodes: list[Node] = []
+        edges: list[Edge] = []
+        header = None
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InvalidRecord(f"line {lineno}: not JSON ({e.msg})") from None
+            try:
+                if header is None:
+                    if not isinstance(obj, dict) or obj.get("format") != EXPORT_FORMAT:
+                        raise InvalidRecord(f"the first line must be a header with format {EXPORT_FORMAT!r}")
+                    header = obj
+                elif isinstance(obj, dict) and "node" in obj:
+                    node = record_from_json(obj["node"])
+                    if scope is not None:
+                        node.scope = scope
+                    text = node.embed_text()
+                    if text is not None:
+                        self._text(text, what=f"{node.kind} text")
+                    nodes.append(node)
+                elif isinstance(obj, dict) and "edge" in obj:
+                    edge = edge_from_json(obj["edge"])
+                    if scope is not None:
+                        edge.scope = scope
+                    edges.append(edge)
+                else:
+                    raise InvalidRecord('expected {"node": ...} or {"edge": ...}')
+            except GraphError as e:
+                raise type(e)(f"line {lineno}: {e}") from None
+        if header is None:
+            raise InvalidRecord("the file is empty")
+        added_nodes = added_edges = 0
+        with self.store.write() as conn:
+            for node in nodes:
+                pos = node.index if isinstance(node, Turn) else None
+                added_nodes += self.store.insert_node(conn, node, text=node.embed_text(), pos=pos, or_ignore=True)
+            for edge in edges:
+                try:
+                    added_edges += self.store.insert_edge(conn, edge)
+                except NodeNotFound as e:
+                    raise InvalidRecord(f"edge {edge.kind} {edge.src} -> {edge.dst}: {e}") from None
+        self.worker.notify()
+        return {"nodes": added_nodes, "edges": added_edges}
+
+    # -- stats and lifecycle -----------------------------------------------------
+
+    def stats(self, scope: str | None = None) -> dict[str, Any]:
+        """Counts of nodes and edges by kind, sessions, vectors, and where things live."""
+        out = self.store.counts(scope)
+        index = self.index
+        out["scopes"] = self.store.scopes() if scope is None else [scope]
+        out["vectors_in_index"] = None if index is None else index.count(scope)
+        out["index"] = None if index is None else getattr(index, "where", type(index).__name__)
+        out["index_note"] = self._index_note
+        out["embedder"] = self.embedder.name
+        out["home"] = str(self.config.home)
+        db = Path(self.store.path)
+        out["db_bytes"] = sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
+        return out
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self.worker.stop()
+        if self._index is not None:
+            self._index.close()
+        self.store.close()
+
+    def __enter__(self) -> "MemoryGraph":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,494 @@
+"""The durable store: SQLite in WAL mode, the source of truth of the memory graph.
+
+Tables:
+
+- ``nodes``: one row per record. ``text`` holds the node's indexed text (FTS5
+  keeps a BM25 index of it), ``data`` the rest of the record as JSON, ``vec``
+  the state of its vector (NULL: nothing to embed, 0: pending, 1: in the index)
+  and ``rev`` a counter bumped whenever ``text`` changes, so that a vector
+  computed from an older text is never marked current.
+- ``edges``: typed, directed, unique per (src, dst, kind), never across scopes.
+- ``history``: an append-only log of every change (node+, node~, node-, edge+,
+  edge-). The networkx view catches up from it, in this process and in any
+  other that shares the data directory. Forgetting a node also blanks the
+  payloads its history rows carried (the rows stay, so views still replay).
+
+Every public write runs in one ``BEGIN IMMEDIATE`` transaction and returns
+after ``COMMIT``: a failed call leaves nothing behind. Each thread gets its own
+connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from graph.errors import NodeNotFound, ScopeMismatch, StoreCorrupt
+from graph.records import Edge, Node, record_from_json
+
+__all__ = ["Store"]
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x4D4C4F50  # "MLOP"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    id      TEXT PRIMARY KEY,
+    kind    TEXT NOT NULL,
+    scope   TEXT NOT NULL,
+    session TEXT,
+    pos     INTEGER,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    text    TEXT,
+    data    TEXT NOT NULL,
+    vec     INTEGER,
+    rev     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS nodes_scope_kind ON nodes(scope, kind, created);
+CREATE INDEX IF NOT EXISTS nodes_session ON nodes(scope, session, pos);
+CREATE INDEX IF NOT EXISTS nodes_pending ON nodes(vec) WHERE vec = 0;
+
+CREATE TABLE IF NOT EXISTS edges (
+    src     TEXT NOT NULL,
+    dst     TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    scope   TEXT NOT NULL,
+    created REAL NOT NULL,
+    data    TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (src, dst, kind)
+);
+CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst);
+
+CREATE TABLE IF NOT EXISTS history (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      REAL NOT NULL,
+    op      TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    scope   TEXT NOT NULL,
+    session TEXT,
+    dst     TEXT,
+    payload TEXT
+);
+CREATE INDEX IF NOT EXISTS history_node ON history(node);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS nodes_fts USING fts5(
+    text, content='nodes', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS nodes_ai AFTER INSERT ON nodes WHEN new.text IS NOT NULL BEGIN
+    INSERT INTO nodes_fts(rowid, text) VALUES (new.rowid, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS nodes_ad AFTER DELETE ON nodes WHEN old.text IS NOT NULL BEGIN
+    INSERT INTO nodes_fts(nodes_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+END;
+CREATE TRIGGER IF NOT EXISTS nodes_au AFTER UPDATE OF text ON nodes BEGIN
+    INSERT INTO nodes_fts(nodes_fts, rowid, text)
+        SELECT 'delete', old.rowid, old.text WHERE old.text IS NOT NULL;
+    INSERT INTO nodes_fts(rowid, text) SELECT new.rowid, new.text WHERE new.text IS NOT NULL;
+END;
+"""
+
+# Words too common to help a lexical match; dropping them keeps BM25 queries short.
+_STOPWORDS = frozenset(
+    """a an and are as at be but by can could did do does for from had has have how i if in into is it its
+    me my no not of on or our please so that the their them then there these they this to was we were what
+    when where which who why will with would you your""".split()
+)
+
+# Fields of these kinds that live in the ``text`` column instead of ``data``.
+_TEXT_FIELD = {"turn": "text", "memory": "text"}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def fts_query(text: str, max_terms: int = 16) -> str | None:
+    """An FTS5 query that ORs the distinctive words of ``text``; None if it has none."""
+    seen: list[str] = []
+    for word in re.findall(r"\w+", text.lower()):
+        if len(word) > 1 and word not in _STOPWORDS and word not in seen:
+            seen.append(word)
+        if len(seen) == max_terms:
+            break
+    if not seen:
+        return None
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in seen)
+
+
+class Store:
+    """SQLite store of nodes, edges and their history (one file, WAL mode)."""
+
+    def __init__(self, path: str | Path, *, durability: str = "full", busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.durability = durability
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._init_schema()
+
+    # -- connections -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            conn.execute("PRAGMA secure_delete=ON")  # forgotten text is overwritten, not left in free pages
+        except sqlite3.DatabaseError as e:
+            raise StoreCorrupt(f"{self.path} cannot be opened as a SQLite database: {e}") from None
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover - closing is best effort
+                    pass
+            self._conns.clear()
+        self._local = threading.local()
+
+    def _init_schema(self) -> None:
+        conn = self.conn
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if has_tables and app_id != APPLICATION_ID:
+                raise StoreCorrupt(f"{self.path} is a SQLite file but not a mindloop graph (application_id {app_id:#x})")
+            if version > SCHEMA_VERSION:
+                raise StoreCorrupt(f"{self.path} has schema version {version}; this mindloop reads up to {SCHEMA_VERSION}")
+            with self.write() as c:
+                for stmt in _split_sql(_SCHEMA):
+                    c.execute(stmt)
+                c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise StoreCorrupt(f"{self.path} is damaged or not a mindloop graph: {e}") from None
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
+        conn = self.conn
+        if conn.in_transaction:  # nested use joins the outer transaction
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- nodes -------------------------------------------------------------------
+
+    def insert_node(self, conn: sqlite3.Connection, node: Node, *, text: str | None, pos: int | None = None,
+                    or_ignore: bool = False) -> bool:
+        """Insert ``node`` inside the caller's transaction. Returns False if ignored as present."""
+        data = node.to_json()
+        field = _TEXT_FIELD.get(node.kind)
+        if field:
+            data.pop(field, None)
+        now = time.time()
+        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+        cur = conn.execute(
+            f"{verb} INTO nodes (id, kind, scope, session, pos, created, updated, text, data, vec) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (node.id, node.kind, node.scope, node.session, pos, node.created, now, text, _dumps(data),
+             None if text is None else 0),
+        )
+        if cur.rowcount == 0:
+            return False
+        self._history(conn, "node+", node.id, node.kind, node.scope, node.session, None, _dumps(node.to_json()))
+        return True
+
+    def update_node(self, conn: sqlite3.Connection, node: Node, *, text: str | None) -> None:
+        data = node.to_json()
+        field = _TEXT_FIELD.get(node.kind)
+        if field:
+            data.pop(field, None)
+        row = conn.execute("SELECT text, scope, kind FROM nodes WHERE id = ?", (node.id,)).fetchone()
+        if row is None:
+            raise NodeNotFound(f"no node with id {node.id!r}")
+        if row[1] != node.scope or row[2] != node.kind:
+            raise ScopeMismatch(f"node {node.id!r} is a {row[2]} in scope {row[1]!r}; kind and scope cannot change")
+        if row[0] != text:
+            conn.execute(
+                "UPDATE nodes SET data = ?, text = ?, updated = ?, vec = ?, rev = rev + 1 WHERE id = ?",
+                (_dumps(data), text, time.time(), None if text is None else 0, node.id),
+            )
+        else:
+            conn.execute("UPDATE nodes SET data = ?, updated = ? WHERE id = ?", (_dumps(data), time.time(), node.id))
+        self._history(conn, "node~", node.id, node.kind, node.scope, node.session, None, _dumps(node.to_json()))
+
+    def _row_to_node(self, row: sqlite3.Row | tuple) -> Node:
+        kind, text, data = row
+        record = json.loads(data)
+        field = _TEXT_FIELD.get(kind)
+        if field:
+            record[field] = text
+        return record_from_json(record)
+
+    def get_nodes(self, ids: Sequence[str], scope: str | None = None) -> dict[str, Node]:
+        """The nodes with these ids (missing ones are left out), keyed by id."""
+        out: dict[str, Node] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, kind, text, data FROM nodes WHERE id IN ({marks})"
+            params: list[Any] = list(chunk)
+            if scope is not None:
+                sql += " AND scope = ?"
+                params.append(scope)
+            for row in self.conn.execute(sql, params):
+                out[row[0]] = self._row_to_node(row[1:])
+        return out
+
+    def get_node(self, node_id: str, scope: str | None = None) -> Node:
+        found = self.get_nodes([node_id], scope)
+        if node_id not in found:
+            where = f" in scope {scope!r}" if scope is not None else ""
+            raise NodeNotFound(f"no node with id {node_id!r}{where}")
+        return found[node_id]
+
+    def node_scope(self, conn: sqlite3.Connection, node_id: str) -> str:
+        row = conn.execute("SELECT scope FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        if row is None:
+            raise NodeNotFound(f"no node with id {node_id!r}")
+        return row[0]
+
+    def list_nodes(self, *, scope: str | None = None, kind: str | None = None, session: str | None = None,
+                   since: float | None = None, limit: int | None = None, newest_first: bool = False) -> list[Node]:
+        sql = "SELECT kind, text, data FROM nodes WHERE 1=1"
+        params: list[Any] = []
+        for col, value in (("scope", scope), ("kind", kind), ("session", session)):
+            if value is not None:
+                sql += f" AND {col} = ?"
+                params.append(value)
+        if since is not None:
+            sql += " AND created >= ?"
+            params.append(since)
+        sql += " ORDER BY created DESC, rowid DESC" if newest_first else " ORDER BY created, rowid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [self._row_to_node(r) for r in self.conn.execute(sql, params)]
+
+    def last_turn(self, conn: sqlite3.Connection, scope: str, session: str) -> tuple[str, int] | None:
+        row = conn.execute(
+            "SELECT id, pos FROM nodes WHERE scope = ? AND session = ? AND kind = 'turn' ORDER BY pos DESC LIMIT 1",
+            (scope, session),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def exists(self, conn: sqlite3.Connection, node_id: str) -> bool:
+        return conn.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is not None
+
+    # -- edges -------------------------------------------------------------------
+
+    def insert_edge(self, conn: sqlite3.Connection, edge: Edge) -> bool:
+        """Insert ``edge`` inside the caller's transaction; both ends must exist in one scope."""
+        src_scope = self.node_scope(conn, edge.src)
+        dst_scope = self.node_scope(conn, edge.dst)
+        if src_scope != dst_scope:
+            raise ScopeMismatch(
+                f"edge {edge.kind} from {edge.src!r} (scope {src_scope!r}) to {edge.dst!r} "
+                f"(scope {dst_scope!r}): scopes never connect"
+            )
+        edge.scope = src_scope
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO edges (src, dst, kind, scope, created, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (edge.src, edge.dst, edge.kind, edge.scope, edge.created, _dumps(edge.data)),
+        )
+        if cur.rowcount == 0:
+            return False
+        self._history(conn, "edge+", edge.src, edge.kind, edge.scope, None, edge.dst, _dumps(edge.data))
+        return True
+
+    def delete_edge(self, conn: sqlite3.Connection, src: str, dst: str, kind: str) -> bool:
+        row = conn.execute("SELECT scope FROM edges WHERE src = ? AND dst = ? AND kind = ?", (src, dst, kind)).fetchone()
+        if row is None:
+            return False
+        conn.execute("DELETE FROM edges WHERE src = ? AND dst = ? AND kind = ?", (src, dst, kind))
+        self._history(conn, "edge-", src, kind, row[0], None, dst, None)
+        return True
+
+    def edges_of(self, node_id: str, *, kinds: Iterable[str] | None = None, direction: str = "both") -> list[Edge]:
+        clauses = {"out": "src = ?", "in": "dst = ?", "both": "(src = ? OR dst = ?)"}[direction]
+        params: list[Any] = [node_id] * (2 if direction == "both" else 1)
+        sql = f"SELECT src, dst, kind, scope, created, data FROM edges WHERE {clauses}"
+        kinds = list(kinds or [])
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params += kinds
+        return [
+            Edge(src=r[0], dst=r[1], kind=r[2], scope=r[3], created=r[4], data=json.loads(r[5]))
+            for r in self.conn.execute(sql + " ORDER BY created, rowid", params)
+        ]
+
+    def list_edges(self, scope: str) -> list[Edge]:
+        return [
+            Edge(src=r[0], dst=r[1], kind=r[2], scope=r[3], created=r[4], data=json.loads(r[5]))
+            for r in self.conn.execute(
+                "SELECT src, dst, kind, scope, created, data FROM edges WHERE scope = ? ORDER BY created, rowid",
+                (scope,),
+            )
+        ]
+
+    # -- deletion ----------------------------------------------------------------
+
+    def delete_where(self, conn: sqlite3.Connection, *, scope: str, session: str | None = None) -> list[str]:
+        """Delete the nodes of a scope (or of one session in it) with their edges; return their ids.
+
+        The history rows of deleted nodes keep their ids (so views can replay
+        the deletion) but lose their payloads, which held the text.
+        """
+        sql, params = "SELECT id, kind, session FROM nodes WHERE scope = ?", [scope]
+        if session is not None:
+            sql += " AND session = ?"
+            params.append(session)
+        rows = conn.execute(sql, params).fetchall()
+        ids = [r[0] for r in rows]
+        for chunk in _chunks(rows, 500):
+            marks = ",".join("?" * len(chunk))
+            chunk_ids = [r[0] for r in chunk]
+            conn.execute(f"DELETE FROM edges WHERE src IN ({marks}) OR dst IN ({marks})", chunk_ids + chunk_ids)
+            conn.execute(f"DELETE FROM nodes WHERE id IN ({marks})", chunk_ids)
+            conn.execute(f"UPDATE history SET payload = NULL WHERE node IN ({marks}) OR dst IN ({marks})",
+                         chunk_ids + chunk_ids)
+            for node_id, kind, sess in chunk:
+                self._history(conn, "node-", node_id, kind, scope, sess, None, None)
+        return ids
+
+    # -- history -----------------------------------------------------------------
+
+    def _history(self, conn: sqlite3.Connection, op: str, node: str, kind: str, scope: str, session: str | None,
+                 dst: str | None, payload: str | None) -> None:
+        conn.execute(
+            "INSERT INTO history (at, op, node, kind, scope, session, dst, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), op, node, kind, scope, session, dst, payload),
+        )
+
+    def history_since(self, seq: int, limit: int = 100_000) -> list[tuple]:
+        """History rows after ``seq``: (seq, at, op, node, kind, scope, session, dst, payload)."""
+        return self.conn.execute(
+            "SELECT seq, at, op, node, kind, scope, session, dst, payload FROM history WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+
+    def last_seq(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
+
+    # -- vectors bookkeeping -----------------------------------------------------
+
+    def pending(self, limit: int) -> list[tuple[str, str, str, str | None, float, str, int]]:
+        """Nodes whose vector is due: (id, scope, kind, session, created, text, rev)."""
+        return self.conn.execute(
+            "SELECT id, scope, kind, session, created, text, rev FROM nodes WHERE vec = 0 LIMIT ?", (limit,)
+        ).fetchall()
+
+    def pending_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM nodes WHERE vec = 0").fetchone()[0]
+
+    def mark_indexed(self, done: Sequence[tuple[str, int]]) -> None:
+        """Mark vectors current, unless the text changed (``rev`` moved) since they were computed."""
+        with self.write() as conn:
+            conn.executemany("UPDATE nodes SET vec = 1 WHERE id = ? AND rev = ?", [(i, r) for i, r in done])
+
+    def mark_pending(self, ids: Sequence[str]) -> None:
+        with self.write() as conn:
+            for chunk in _chunks(list(ids), 500):
+                conn.execute(f"UPDATE nodes SET vec = 0 WHERE vec IS NOT NULL AND id IN ({','.join('?' * len(chunk))})",
+                             chunk)
+
+    def embeddable_ids(self, scope: str) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT id FROM nodes WHERE scope = ? AND vec IS NOT NULL", (scope,))}
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            out.update(r[0] for r in self.conn.execute(f"SELECT id FROM nodes WHERE id IN ({marks})", chunk))
+        return out
+
+    # -- reading -----------------------------------------------------------------
+
+    def scopes(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT scope FROM nodes ORDER BY scope")]
+
+    def lexical(self, text: str, *, scope: str, kinds: Sequence[str] | None, since: float | None,
+                limit: int) -> list[tuple[str, float]]:
+        """BM25 matches of ``text`` in one scope: (id, bm25), best first (FTS5 scores are lower-is-better)."""
+        query = fts_query(text)
+        if query is None:
+            return []
+        sql = ("SELECT n.id, bm25(nodes_fts) AS s FROM nodes_fts JOIN nodes n ON n.rowid = nodes_fts.rowid "
+               "WHERE nodes_fts MATCH ? AND n.scope = ?")
+        params: list[Any] = [query, scope]
+        if kinds:
+            sql += f" AND n.kind IN ({','.join('?' * len(kinds))})"
+            params += list(kinds)
+        if since is not None:
+            sql += " AND n.created >= ?"
+            params.append(since)
+        sql += " ORDER BY s LIMIT ?"
+        params.append(limit)
+        return [(r[0], r[1]) for r in self.conn.execute(sql, params)]
+
+    def counts(self, scope: str | None = None) -> dict[str, Any]:
+        where, params = ("WHERE scope = ?", [scope]) if scope is not None else ("", [])
+        nodes = dict(self.conn.execute(f"SELECT kind, count(*) FROM nodes {where} GROUP BY kind", params).fetchall())
+        edges = dict(self.conn.execute(f"SELECT kind, count(*) FROM edges {where} GROUP BY kind", params).fetchall())
+        vec = dict(self.conn.execute(
+            f"SELECT coalesce(vec, -1), count(*) FROM nodes {where} GROUP BY coalesce(vec, -1)", params).fetchall())
+        sessions = self.conn.execute(
+            f"SELECT count(DISTINCT scope || char(0) || session) FROM nodes {where + (' AND' if where else 'WHERE')} "
+            "session IS NOT NULL", params).fetchone()[0]
+        return {
+            "nodes": nodes,
+            "edges": edges,
+            "sessions": sessions,
+            "vectors_pending": vec.get(0, 0),
+            "vectors_indexed": vec.get(1, 0),
+            "history": self.last_seq(),
+        }
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split the schema into statements, keeping trigger bodies (which contain ';') whole."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        joined = "\n".join(buf).strip()
+        if joined.endswith(";") and (not joined.upper().startswith("CREATE TRIGGER") or joined.endswith("END;")):
+            out.append(joined)
+            buf = []
+    return out
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

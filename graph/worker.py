@@ -1,0 +1,134 @@
+"""The background embedding worker: pending nodes in, vectors out, in batches.
+
+Writes mark a node's vector pending (``vec = 0``) in the same transaction that
+stores it, then wake this thread; the caller never waits for an embedding.
+The worker embeds up to ``batch`` pending nodes at a time, upserts them into
+the index by node id (so a retry after a crash is harmless), and marks them
+current only if their text did not change meanwhile. It also polls every
+``poll_s`` seconds for nodes that other processes wrote. Vectors of nodes
+deleted while they were being embedded are removed again at once.
+
+An embedding or index failure is logged and retried with back-off; it never
+takes the caller down and never loses the node (it stays pending).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from graph.embed import Embedder
+from graph.index import VectorIndex
+from graph.store import Store
+
+__all__ = ["EmbedWorker"]
+
+log = logging.getLogger(__name__)
+
+
+class EmbedWorker:
+    """Embeds pending nodes of ``store`` into the index that ``get_index()`` returns."""
+
+    def __init__(self, store: Store, get_index: Callable[[], VectorIndex | None], embedder: Embedder, *,
+                 batch: int = 128, poll_s: float = 1.0, max_chars: int = 4096) -> None:
+        self.store = store
+        self.get_index = get_index
+        self.embedder = embedder
+        self.batch = batch
+        self.poll_s = poll_s
+        self.max_chars = max_chars
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = False
+        self._stop = False
+        self._failures = 0
+        self.last_error: str | None = None
+        self.embedded = 0
+        self._thread = threading.Thread(target=self._run, name="mindloop-embed", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(timeout=self.poll_s if self.poll_s > 0 else None)
+            self._wake.clear()
+            if self._stop:
+                break
+            with self._idle:
+                self._busy = True
+            try:
+                while not self._stop and self._step():
+                    pass
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
+
+    def _step(self) -> bool:
+        """Embed one batch; True if there may be more to do."""
+        index = self.get_index()
+        if index is None:
+            return False
+        try:
+            rows = self.store.pending(self.batch)
+            if not rows:
+                return False
+            texts = [r[5][: self.max_chars] for r in rows]
+            vectors = self.embedder.embed(texts)
+            by_scope: dict[str, list[int]] = {}
+            for i, r in enumerate(rows):
+                by_scope.setdefault(r[1], []).append(i)
+            for scope, idx in by_scope.items():
+                index.upsert(
+                    scope,
+                    [rows[i][0] for i in idx],
+                    vectors[idx],
+                    [{"kind": rows[i][2], "session": rows[i][3] or "", "created": float(rows[i][4])} for i in idx],
+                )
+            self.store.mark_indexed([(r[0], r[6]) for r in rows])
+            gone = set(r[0] for r in rows) - self.store.existing([r[0] for r in rows])
+            for scope, idx in by_scope.items():
+                stale = [rows[i][0] for i in idx if rows[i][0] in gone]
+                if stale:
+                    index.delete(scope, stale)
+            self.embedded += len(rows)
+            self._failures = 0
+            self.last_error = None
+            return len(rows) == self.batch
+        except Exception as e:  # a model or index failure must not kill the worker
+            self._failures += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            delay = min(30.0, 0.1 * 2 ** min(self._failures, 9))
+            log.warning("embedding batch failed (%s); retrying in %.1fs", self.last_error, delay)
+            time.sleep(delay)
+            return not self._stop
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until no node is pending (or ``timeout`` seconds pass). True if all are embedded.
+
+        Returns False at once when this process has no index to write to
+        (another process owns embedded Chroma and will embed the nodes).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.get_index() is None:
+                return False
+            if self.store.pending_count() == 0:
+                with self._idle:
+                    if not self._busy:
+                        return True
+            self.notify()
+            with self._idle:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(timeout=0.05 if remaining is None else min(0.05, remaining))
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=30)
