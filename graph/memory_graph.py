@@ -416,7 +416,7 @@ class MemoryGraph:
                 else:
                     raise InvalidRecord('expected {"node": ...} or {"edge": ...}')
             except GraphError as e:
-                raise type(e)(f"line {lineno}: {e}") from None
+                raise InvalidRecord(f"line {lineno}: {e}") from None
         if header is None:
             raise InvalidRecord("the file is empty")
         added_nodes = added_edges = 0

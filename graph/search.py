@@ -86,8 +86,6 @@ def hybrid_search(graph: "MemoryGraph", text: str, *, k: int, scope: str, kinds:
             return (wanted is None or attrs.get("kind") in wanted) and (since is None or attrs.get("created", 0) >= since)
 
         expanded = graph.view.expand(seeds, scope=scope, hops=hops, edge_kinds=cfg.search_edge_kinds, keep=keep)
-        # discovery order is already (seed rank, hops): BFS from seeds in rank order
-        expanded.sort(key=lambda step: (seeds.index(step[1]), len(step[2])))
         for rank, (node_id, seed, path, edge_kinds) in enumerate(expanded, 1):
             add(node_id, rank, {"signal": "graph", "from": seed, "path": path, "edges": edge_kinds})
 

@@ -5,8 +5,10 @@ Tables:
 - ``nodes``: one row per record. ``text`` holds the node's indexed text (FTS5
   keeps a BM25 index of it), ``data`` the rest of the record as JSON, ``vec``
   the state of its vector (NULL: nothing to embed, 0: pending, 1: in the index)
-  and ``rev`` a counter bumped whenever ``text`` changes, so that a vector
-  computed from an older text is never marked current.
+  and ``rev`` a random tag drawn anew whenever the row is inserted or its text
+  changes, so that a vector computed from an older text, or for an earlier
+  row with the same id (forgotten, then imported again), is never marked
+  current.
 - ``edges``: typed, directed, unique per (src, dst, kind), never across scopes.
 - ``history``: an append-only log of every change (node+, node~, node-, edge+,
   edge-). The networkx view catches up from it, in this process and in any
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -107,6 +110,10 @@ _STOPWORDS = frozenset(
 
 # Fields of these kinds that live in the ``text`` column instead of ``data``.
 _TEXT_FIELD = {"turn": "text", "memory": "text"}
+
+
+def _new_rev() -> int:
+    return secrets.randbits(62)
 
 
 def _dumps(value: Any) -> str:
@@ -216,10 +223,10 @@ class Store:
         now = time.time()
         verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
         cur = conn.execute(
-            f"{verb} INTO nodes (id, kind, scope, session, pos, created, updated, text, data, vec) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"{verb} INTO nodes (id, kind, scope, session, pos, created, updated, text, data, vec, rev) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (node.id, node.kind, node.scope, node.session, pos, node.created, now, text, _dumps(data),
-             None if text is None else 0),
+             None if text is None else 0, _new_rev()),
         )
         if cur.rowcount == 0:
             return False
@@ -238,8 +245,8 @@ class Store:
             raise ScopeMismatch(f"node {node.id!r} is a {row[2]} in scope {row[1]!r}; kind and scope cannot change")
         if row[0] != text:
             conn.execute(
-                "UPDATE nodes SET data = ?, text = ?, updated = ?, vec = ?, rev = rev + 1 WHERE id = ?",
-                (_dumps(data), text, time.time(), None if text is None else 0, node.id),
+                "UPDATE nodes SET data = ?, text = ?, updated = ?, vec = ?, rev = ? WHERE id = ?",
+                (_dumps(data), text, time.time(), None if text is None else 0, _new_rev(), node.id),
             )
         else:
             conn.execute("UPDATE nodes SET data = ?, updated = ? WHERE id = ?", (_dumps(data), time.time(), node.id))

@@ -80,34 +80,41 @@ class GraphView:
 
     def expand(self, seeds: Sequence[str], *, scope: str, hops: int, edge_kinds: Iterable[str],
                keep=None) -> list[tuple[str, str, list[str], list[str]]]:
-        """Breadth-first from ``seeds`` along ``edge_kinds`` (either direction), up to ``hops``.
+        """Breadth-first from each seed in turn along ``edge_kinds`` (either direction), up to ``hops``.
 
-        Returns ``(node, seed, path, edge_kinds_on_path)`` in discovery order,
-        excluding the seeds; nodes outside ``scope`` are never entered and
-        nodes failing ``keep(attrs)`` are walked through but not returned.
+        Returns ``(node, seed, path, edge_kinds_on_path)``, each node once, in
+        order of (seed order, distance). A seed can be reached from an earlier
+        seed (being near another good candidate is evidence too), never from
+        itself. Nodes outside ``scope`` are never entered; nodes failing
+        ``keep(attrs)`` are walked through but not returned.
         """
         g = self.sync()
         allowed = set(edge_kinds)
         found: list[tuple[str, str, list[str], list[str]]] = []
-        seen = set(seeds)
-        queue = deque((s, s, [s], []) for s in seeds if s in g)
-        while queue:
-            node, seed, path, kinds = queue.popleft()
-            if len(path) - 1 >= hops:
+        reported: set[str] = set()
+        for seed in seeds:
+            if seed not in g:
                 continue
-            neighbours = [(d, k) for _, d, k in g.out_edges(node, keys=True)]
-            neighbours += [(s, k) for s, _, k in g.in_edges(node, keys=True)]
-            for other, kind in neighbours:
-                if kind not in allowed or other in seen:
+            seen = {seed}
+            queue = deque([(seed, [seed], [])])
+            while queue:
+                node, path, kinds = queue.popleft()
+                if len(path) - 1 >= hops:
                     continue
-                attrs = g.nodes[other]
-                if attrs.get("scope") != scope:
-                    continue
-                seen.add(other)
-                step = (other, seed, path + [other], kinds + [kind])
-                if keep is None or keep(attrs):
-                    found.append(step)
-                queue.append(step)
+                neighbours = [(d, k) for _, d, k in g.out_edges(node, keys=True)]
+                neighbours += [(s, k) for s, _, k in g.in_edges(node, keys=True)]
+                for other, kind in neighbours:
+                    if kind not in allowed or other in seen:
+                        continue
+                    attrs = g.nodes[other]
+                    if attrs.get("scope") != scope:
+                        continue
+                    seen.add(other)
+                    step_path, step_kinds = path + [other], kinds + [kind]
+                    if other not in reported and (keep is None or keep(attrs)):
+                        reported.add(other)
+                        found.append((other, seed, step_path, step_kinds))
+                    queue.append((other, step_path, step_kinds))
         return found
 
     def neighbourhood(self, node_id: str, hops: int = 1, edge_kinds: Iterable[str] | None = None) -> nx.MultiDiGraph:
