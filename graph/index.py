@@ -103,6 +103,7 @@ class ChromaIndex(VectorIndex):
                 )
                 self._client.heartbeat()
             except Exception as e:  # the client raises several types for "not reachable"
+                self.close()
                 raise IndexUnavailable(f"Chroma server at {url} is not reachable: {e}") from None
         else:
             root = Path(path)
@@ -212,6 +213,15 @@ class ChromaIndex(VectorIndex):
 
     def close(self) -> None:
         self._collections.clear()
+        client = getattr(self, "_client", None)
+        if client is not None:
+            # chromadb's HTTP client (and its admin client) never close their httpx sessions
+            for owner in (client, getattr(client, "_admin_client", None)):
+                session = getattr(getattr(owner, "_server", None), "_session", None)
+                if session is not None and hasattr(session, "close"):
+                    session.close()
+            client.close()  # stops the shared System once its last client closes: files and sockets released
+            self._client = None
         if self._lock_fh is not None:
             try:
                 fcntl.flock(self._lock_fh, fcntl.LOCK_UN)

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 
@@ -130,14 +131,14 @@ class Recovered:
     nodes_by_session: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
 
-def recover(home: Path, *, why: str = "") -> Recovered:
+def recover(home: Path, *, acked: Iterable[str] = (), why: str = "") -> Recovered:
     """Reopen the graph in ``home``, check every invariant, flush vectors, compare them, close.
 
     Invariants: SQLite and FTS integrity; turns have positions 0..n-1 per
     session with no duplicates; the ``next`` edges are exactly the chains of
     consecutive turns; every turn's session node exists; no vector is
     pending after ``flush``; the index holds exactly the embeddable ids of
-    every scope. ``why`` is added to every assertion message (the seed, the trial).
+    every scope; each id in ``acked`` is stored exactly once. ``why`` is added to every assertion message (the seed, the trial).
     """
     graph = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"))
     try:
@@ -145,6 +146,9 @@ def recover(home: Path, *, why: str = "") -> Recovered:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)], why
         conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")  # raises if FTS disagrees
 
+        for node_id in acked:
+            n = conn.execute("SELECT count(*) FROM nodes WHERE id = ?", (node_id,)).fetchone()[0]
+            assert n == 1, f"acknowledged node {node_id} is stored {n} times; {why}"
         out = Recovered()
         for node_id, kind, scope, session in conn.execute("SELECT id, kind, scope, session FROM nodes"):
             if session is not None:
@@ -154,6 +158,7 @@ def recover(home: Path, *, why: str = "") -> Recovered:
         ).fetchall()
         chains: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for node_id, scope, session, pos, text, data_index in rows:
+            assert node_id not in out.turns, f"turn {node_id} stored twice; {why}"
             assert pos is not None and pos == data_index, f"turn {node_id}: pos {pos}, data.index {data_index}; {why}"
             out.turns[node_id] = StoredTurn(scope, session, pos, text)
             chains.setdefault((scope, session), []).append((pos, node_id))

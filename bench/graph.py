@@ -1,0 +1,625 @@
+"""Benchmark of the memory graph on the real bundled MiniLM embedder (not a test).
+
+One run measures, against a raw baseline on the same machine and texts:
+
+- ``log_p50_ms`` / ``log_p99_ms``: what ``MemoryGraph.log_turn`` costs its
+  caller while the background worker embeds (turns are logged back to back,
+  so the worker competes for the CPU the whole time). Target: p99 <= 2 ms.
+- ``ingest_ratio``: sustained turns/s from the first ``log_turn`` until
+  ``flush()`` returns (every vector in Chroma), divided by the turns/s of the
+  raw pipeline: ``SentenceTransformer.encode`` + ``collection.add`` (ids,
+  vectors, documents) on a fresh Chroma collection, in batches of
+  ``GraphConfig.embed_batch``. Raw runs before and after the graph; the faster
+  raw run is the baseline. Target: >= 0.9.
+- ``search_p95_ratio_10k`` (and ``_100k`` in full mode): p95 of
+  ``MemoryGraph.search(q, k=10)`` divided by p95 of raw search (the same
+  model encodes the query, then ``collection.query(n_results=10)``) over a
+  collection holding the same vectors. The corpus (synthetic turns and
+  memory notes from coding, writing, data, planning and everyday requests,
+  seeded) is embedded once; the graph gets those vectors through an embedder
+  that looks them up and falls back to MiniLM for anything else, so queries
+  are still encoded by the real model. Ours and raw alternate per query,
+  after a warm-up of both. Target: <= 1.3.
+- ``peak_rss_mb``: ``ru_maxrss`` of the process at the end.
+
+Commands (from the repository root):
+
+    .venv/bin/python bench/graph.py --quick          # ~2.5 min on 2 CPU cores: 2k-turn ingest, 10k search
+    .venv/bin/python bench/graph.py                  # ~15 min on 2 CPU cores: 4k-turn ingest, 10k and 100k search
+    .venv/bin/python bench/graph.py --quick --json   # one JSON object on stdout; progress goes to stderr
+
+Figures, machine and analysis: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
+
+SCOPE = "bench"
+TARGETS = {  # metric: (comparison, target)
+    "log_p99_ms": ("<=", 2.0),
+    "ingest_ratio": (">=", 0.9),
+    "search_p95_ratio_10k": ("<=", 1.3),
+    "search_p95_ratio_100k": ("<=", 1.3),
+}
+
+# -- synthetic conversations --------------------------------------------------
+# Templates x slots, so the vocabulary is wide enough for BM25 to behave as on real logs.
+
+
+def _words(s: str) -> list[str]:
+    return [w.strip() for w in s.split("|")]
+
+
+V = {
+    "lang": _words("Python|TypeScript|Go|Rust|Java|Kotlin|C++|Ruby|Bash|SQL|Elixir|Swift|C#|PHP|Scala"),
+    "verb": _words("parse|load|save|fetch|validate|render|merge|sync|build|resolve|normalize|export|import|encode|"
+                   "decode|schedule|retry|cache|index|serialize|compress|filter|aggregate|notify|migrate"),
+    "noun": _words("config|user|invoice|session|token|payload|report|cart|order|schema|metrics|header|timestamp|"
+                   "address|profile|manifest|query|snapshot|webhook|tenant|ledger|thumbnail|feed|coupon"),
+    "dir": _words("src|lib|app|api|core|utils|services|handlers|models|tests|internal|pkg|scripts|jobs"),
+    "error": _words("KeyError|TypeError|NullPointerException|segmentation fault|timeout|race condition|"
+                    "off-by-one error|deadlock|memory leak|404 from the API|flaky test|import cycle|"
+                    "UnicodeDecodeError|stack overflow|permission denied error|stale cache|connection reset"),
+    "lib": _words("pandas|numpy|React|Django|FastAPI|Flask|SQLAlchemy|pytest|tokio|serde|Express|Spring|"
+                  "Terraform|Docker|Kubernetes|Redis|PostgreSQL|Kafka|GraphQL|gRPC|Celery|webpack|Next.js"),
+    "task_code": _words("parses ISO dates from a CSV column|deduplicates records by email|retries a request with "
+                        "exponential backoff|streams a large file line by line|validates a JSON payload against a "
+                        "schema|computes a rolling average over a window|paginates results from a REST API|merges "
+                        "two sorted lists|memoises an expensive lookup|sends a webhook when an order is created|"
+                        "reads environment variables with defaults|rate-limits outgoing requests|converts Markdown "
+                        "to HTML|walks a directory tree and hashes every file|formats money in the user's locale"),
+    "doc": _words("cover letter|blog post|product description|email to my landlord|wedding toast|grant proposal|"
+                  "README|release notes|LinkedIn post|short story|newsletter intro|apology email|conference "
+                  "abstract|performance review|job ad|thank-you note|press release|speech"),
+    "tone": _words("formal|friendly|concise|playful|persuasive|neutral|warm|direct|upbeat|sober|witty"),
+    "audience": _words("hiring managers|my team|new customers|investors|students|my neighbours|beginners|"
+                       "executives|volunteers|parents at the school|the board|open-source contributors"),
+    "topic": _words("remote work|our spring product launch|climate-friendly commuting|the history of tea|"
+                    "learning Spanish|sourdough baking|a database migration|budget travel in Portugal|"
+                    "open-source licensing|sleep hygiene|urban gardening|the new onboarding flow|"
+                    "accessibility in web forms|saving for a first home|the quarterly roadmap|cycling to work|"
+                    "composting at home|our security incident|the community library|electric cars"),
+    "dataset": _words("sales|churn|web traffic|survey responses|sensor readings|support tickets|inventory|payroll|"
+                      "clickstream|weather|A/B test|energy usage|shipping|hospital admissions|app reviews"),
+    "col": _words("revenue|signup_date|region|customer_id|temperature|latency_ms|conversion_rate|order_total|"
+                  "age_group|country|sku|session_length|plan_tier|rating|delivery_days|channel"),
+    "chart": _words("line chart|histogram|box plot|scatter plot|heatmap|stacked bar chart|violin plot|stacked area chart"),
+    "tool": _words("Excel|Google Sheets|pandas|SQL|R|Power BI|Tableau|DuckDB|Polars|Looker"),
+    "event": _words("team offsite|product launch|birthday party|move to a new flat|sprint planning|conference "
+                    "trip|kitchen renovation|wedding|quarterly review|marathon training|hackathon|family reunion|"
+                    "garden makeover|charity bake sale|hiring round"),
+    "city": _words("Lisbon|Berlin|Kyoto|Toronto|Nairobi|Austin|Edinburgh|Melbourne|Oaxaca|Seoul|Porto|Krakow|"
+                   "Valparaiso|Hanoi|Reykjavik"),
+    "when": _words("next Friday|the first week of March|in two weeks|over the long weekend|before the end of the "
+                   "quarter|on Sunday morning|after the holidays|by Thursday noon|in late September|tomorrow"),
+    "person": _words("Priya|Marco|Aisha|Tom|Lena|Kenji|Sofia|Daniel|Fatima|Oliver|Mateo|Yuki|Grace|Omar|Ines"),
+    "money": _words("$500|$2,000|EUR 1,200|GBP 300|$15,000|EUR 80 a head|$40 per person"),
+    "dish": _words("lentil soup|banana bread|pad thai|shakshuka|mushroom risotto|bean chilli|overnight oats|"
+                   "vegetable curry|pancakes|focaccia|Greek salad|miso ramen|fish tacos|lemon tart"),
+    "ingredient": _words("eggs|butter|coriander|oat milk|chickpeas|garlic|gluten-free flour|spinach|tofu|feta|"
+                         "sweet potatoes|tahini|leftover rice|frozen peas|courgettes|smoked paprika"),
+    "stain": _words("red wine|coffee|grass|ink|olive oil|tomato sauce|sweat|blood"),
+    "fabric": _words("cotton|linen|silk|wool|polyester|denim"),
+    "equipment": _words("two dumbbells|a resistance band|a kettlebell|just a chair|a yoga mat|a jump rope"),
+    "hobby": _words("birdwatching|board games|bouldering|jazz|pottery|sci-fi novels|film photography|chess"),
+    "language": _words("French|Japanese|German|Portuguese|Korean|Italian|Swahili|Dutch"),
+    "pref": _words("tabs over spaces|short answers without preamble|metric units|British spelling|type hints in "
+                   "Python|no emojis|SQL keywords in upper case|vegetarian recipes|morning meetings|bullet points "
+                   "over prose|dark mode screenshots|24-hour times|Oxford commas|plain-text emails|pytest over "
+                   "unittest|ISO 8601 dates"),
+}
+
+USER = {
+    "coding": [
+        "rename {ident} to {ident2} in {file} and update every caller",
+        "why does {ident} throw a {error} when the {noun} is empty?",
+        "write a {lang} function that {task_code}",
+        "add unit tests for {ident} in {file}",
+        "refactor {file} so that {ident} no longer depends on {lib}",
+        "the build fails with a {error} after upgrading {lib}; here is the log from {file}",
+        "convert this {lang} snippet to {lang2} and keep the same behaviour",
+        "review my change: {ident} now calls {ident2} before writing the {noun}",
+        "just fix the {error} in {ident}, do not touch the rest of {file}",
+        "how do I mock {lib} when testing {ident}?",
+    ],
+    "writing": [
+        "write a {tone} {doc} about {topic} for {audience}",
+        "shorten this {doc} to {n} words without losing the point about {topic}",
+        "make the {doc} sound less {tone} and more {tone2}",
+        "proofread my {doc} for {audience}; keep my wording where you can",
+        "give me three titles for a {doc} on {topic}",
+        "rewrite the opening of my {doc} so {audience} keep reading",
+    ],
+    "data": [
+        "in the {dataset} data, group by {col} and sum {col2}",
+        "write a SQL query that finds the top {n} {col} values in the {dataset} table",
+        "which {chart} best shows {col} by {col2}?",
+        "my {dataset} sheet has duplicate {col} rows; how do I remove them in {tool}?",
+        "fill the missing {col} values in the {dataset} export with the median per {col2}",
+        "plot {col} over time as a {chart} in {tool}",
+        "why is the {col} total in {tool} different from the {dataset} dashboard?",
+    ],
+    "planning": [
+        "plan a {n}-day itinerary in {city} around the {event}",
+        "make a checklist for the {event} {when}",
+        "draft an agenda for the {event} with {person} and {person2}",
+        "how should I split a budget of {money} for the {event}?",
+        "remind me to call {person} about the {event} {when}",
+        "break the {event} into weekly milestones ending {when}",
+    ],
+    "everyday": [
+        "give me a recipe for {dish} without {ingredient}",
+        "what can I cook with {ingredient}, {ingredient2} and {ingredient3}?",
+        "how do I get a {stain} stain out of a {fabric} shirt?",
+        "suggest a {n}-minute workout I can do at home with {equipment}",
+        "translate 'see you at the {event}' into {language}",
+        "what is a good gift for {person} who likes {hobby}?",
+        "help me write a polite message to {person} about the {event}",
+    ],
+}
+
+STEPS = {
+    "coding": ["add a failing test for {ident} first", "keep the public signature of {ident}",
+               "check the callers in {file}", "run the {lang} linter", "pin {lib} to the last good version",
+               "log the {noun} before it reaches {ident2}", "guard against an empty {noun}"],
+    "writing": ["open with the main point about {topic}", "cut the adjectives", "end with one clear ask",
+                "keep it {tone}", "address {audience} directly", "trim it to about {n} words"],
+    "data": ["check {col} for nulls", "cast {col} to the right type", "filter the {dataset} rows by {col2}",
+             "use a {chart}", "compare against last month's {col}", "do it in {tool}"],
+    "planning": ["book {city} early", "share the agenda with {person}", "set a deadline {when}",
+                 "keep 10% of {money} in reserve", "confirm numbers with {person2}"],
+    "everyday": ["swap the {ingredient} for {ingredient2}", "test the {fabric} on a hidden spot",
+                 "warm up for five minutes", "keep it short and kind", "prep the {dish} the night before"],
+}
+
+OPENERS = ["Sure.", "Here you go.", "Done.", "Good question.", "Of course.", "Got it.", "Right."]
+CLOSERS = ["Want me to go further?", "Tell me if that misses anything.", "That should do it.",
+           "I kept everything else unchanged.", "Happy to adjust the details.", ""]
+PREFIXES = ["", "", "", "", "Quick question: ", "Hey, ", "Following up on yesterday: ", "One more thing: "]
+SUFFIXES = ["", "", "", "", " Keep it under {n} words.", " No external libraries, please.", " Use bullet points.",
+            " I need this {when}.", " Explain it like I'm new to this.", " Same style as last time."]
+MEMORIES = [
+    "{person} prefers {pref}.",
+    "Lesson: when asked to rename {ident}, just rename it; do not suggest alternatives.",
+    "Correction: {ident} lives in {file}, not in the {dir} folder.",
+    "Note: the {event} is {when} in {city}; {person} is organising it.",
+    "{person} is allergic to {ingredient}; leave it out of recipes.",
+    "Preference: {tone} tone for {doc} drafts aimed at {audience}.",
+    "The {dataset} dashboard reads {col} from {tool}, not from the raw export.",
+    "Project uses {lib} with {lang}; tests run under {file}.",
+]
+QUERIES = [  # different phrasing from the corpus, same vocabulary
+    "how did we fix the {error} in {ident}",
+    "what does {person} prefer",
+    "{lib} {error} after the upgrade",
+    "recipe ideas using {ingredient}",
+    "notes about the {event} in {city}",
+    "that {tone} {doc} on {topic}",
+    "best chart for {col} split by {col2}",
+    "where is {ident} defined",
+    "budget for the {event}",
+    "{dataset} {col} duplicates",
+    "tests for {ident}",
+    "gift for someone into {hobby}",
+]
+
+
+class _Writer:
+    """Fills templates from the vocabulary with a seeded RNG."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def slots(self) -> dict[str, str]:
+        r = self.rng
+        lang = r.choice(V["lang"])
+        ident = lambda: f"{r.choice(V['verb'])}_{r.choice(V['noun'])}"  # noqa: E731
+        ext = {"Python": "py", "TypeScript": "ts", "Go": "go", "Rust": "rs", "Java": "java"}.get(lang, "txt")
+        s = {k: r.choice(v) for k, v in V.items()}
+        s.update(lang=lang, lang2=r.choice(V["lang"]), ident=ident(), ident2=ident(),
+                 file=f"{r.choice(V['dir'])}/{r.choice(V['noun'])}.{ext}", n=str(r.choice([3, 4, 5, 7, 10, 20, 30, 150, 300])),
+                 tone2=r.choice(V["tone"]), col2=r.choice(V["col"]), person2=r.choice(V["person"]),
+                 **dict(zip(("ingredient", "ingredient2", "ingredient3"), r.sample(V["ingredient"], 3))))
+        return s
+
+    def user(self, domain: str, s: dict[str, str]) -> str:
+        r = self.rng
+        text = r.choice(PREFIXES) + r.choice(USER[domain]).format(**s)
+        suffix = r.choice(SUFFIXES).format(**s)
+        if suffix and text[-1] not in ".?!":
+            text += "."
+        return text[0].upper() + text[1:] + suffix
+
+    def assistant(self, domain: str, s: dict[str, str]) -> str:
+        r = self.rng
+        steps = [x.format(**s) for x in r.sample(STEPS[domain], 3)]
+        return f"{r.choice(OPENERS)} First, {steps[0]}; then {steps[1]}, and {steps[2]}. {r.choice(CLOSERS)}".strip()
+
+    def memory(self) -> str:
+        return self.rng.choice(MEMORIES).format(**self.slots())
+
+    def query(self) -> str:
+        return self.rng.choice(QUERIES).format(**self.slots())
+
+    def session(self) -> list[tuple[str, str]]:
+        """A conversation on one topic: (role, text) pairs, user first."""
+        domain = self.rng.choice(list(USER))
+        s = self.slots()
+        turns = []
+        for _ in range(self.rng.randint(1, 6)):
+            turns += [("user", self.user(domain, s)), ("assistant", self.assistant(domain, s))]
+            if self.rng.random() < 0.5:  # the conversation drifts: new slots, same domain
+                s = self.slots()
+        return turns
+
+
+def conversations(n_texts: int, seed: int, memory_rate: float = 0.25) -> list[dict]:
+    """Sessions holding at least ``n_texts`` distinct texts (turns, plus a memory note after some)."""
+    w = _Writer(seed)
+    seen: set[str] = set()
+    sessions: list[dict] = []
+    count = 0
+    while count < n_texts:
+        turns = []
+        for role, text in w.session():
+            if text not in seen:
+                seen.add(text)
+                turns.append((role, text))
+        memory = w.memory() if w.rng.random() < memory_rate else None
+        if memory in seen:
+            memory = None
+        if memory:
+            seen.add(memory)
+        if turns:
+            sessions.append({"name": f"s{len(sessions)}", "turns": turns, "memory": memory})
+            count += len(turns) + (memory is not None)
+    return sessions
+
+
+def session_texts(sessions: Sequence[dict]) -> list[str]:
+    return [t for s in sessions for t in [x for _, x in s["turns"]] + ([s["memory"]] if s["memory"] else [])]
+
+
+def queries(n: int, seed: int, exclude: set[str]) -> list[str]:
+    w = _Writer(seed)
+    out: list[str] = []
+    while len(out) < n:
+        q = w.query()
+        if q not in exclude and q not in out:
+            out.append(q)
+    return out
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+class _Precomputed(Embedder):
+    """Looks vectors up by text; anything unknown (queries) goes to the real MiniLM."""
+
+    def __init__(self, real: MiniLMEmbedder, table: dict[str, np.ndarray]) -> None:
+        self.real, self.table = real, table
+        self.dim, self.name = real.dim, real.name
+        self.misses = 0
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if all(t in self.table for t in texts):
+            return np.stack([self.table[t] for t in texts]).astype(np.float32)
+        self.misses += len(texts)
+        return self.real.embed(texts)
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _pct(samples: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1000.0, q))
+
+
+def _raw_collection(client, name: str):
+    return client.create_collection(name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+
+
+def _raw_ingest(model, client, name: str, texts: Sequence[str], batch: int, encode_batch: int) -> float:
+    """Seconds to encode and add ``texts`` directly, ``batch`` at a time."""
+    coll = _raw_collection(client, name)
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        chunk = list(texts[i : i + batch])
+        vecs = model.encode(chunk, batch_size=encode_batch, normalize_embeddings=True, convert_to_numpy=True)
+        coll.add(ids=[f"{name}-{i + j}" for j in range(len(chunk))], embeddings=vecs, documents=chunk)
+    return time.perf_counter() - t0
+
+
+def _machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), None) \
+        if os.path.exists("/proc/cpuinfo") else None
+    ram = next((int(ln.split()[1]) / 1024 ** 2 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), None) \
+        if os.path.exists("/proc/meminfo") else None
+    import chromadb
+    import sentence_transformers
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu, "ram_gb": None if ram is None else round(ram, 1), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "chromadb": chromadb.__version__,
+            "sentence_transformers": sentence_transformers.__version__}
+
+
+# -- the three measurements ----------------------------------------------------
+
+
+def bench_ingest(emb: MiniLMEmbedder, tmp: Path, n_turns: int, seed: int) -> dict:
+    """log_turn latency and sustained ingest, graph vs raw, on ``n_turns`` fresh turns."""
+    import chromadb
+    from chromadb.config import Settings
+
+    sessions = conversations(n_turns, seed, memory_rate=0.0)
+    turns = [(s["name"], role, text) for s in sessions for role, text in s["turns"]][:n_turns]
+    texts = [t for _, _, t in turns]
+    cfg = GraphConfig(home=tmp / "ingest-graph")
+    client = chromadb.PersistentClient(path=str(tmp / "ingest-raw"), settings=Settings(anonymized_telemetry=False))
+    _raw_ingest(emb.model, client, "warmup", ["warm up the raw path"] * 8, cfg.embed_batch, emb.batch_size)
+
+    _say(f"ingest: raw baseline on {len(texts)} turns")
+    raw_s = [_raw_ingest(emb.model, client, "raw0", texts, cfg.embed_batch, emb.batch_size)]
+
+    _say(f"ingest: graph, {len(texts)} turns logged back to back, then flush()")
+    graph = MemoryGraph.open(cfg, embedder=emb)
+    try:
+        for i in range(8):  # warm the write path and the collection, outside the timing
+            graph.log_turn("warmup", "user" if i % 2 == 0 else "assistant", f"warm-up turn {i}", scope=SCOPE)
+        graph.flush(timeout=None)
+        embedded_before = graph.worker.embedded
+        lat, busy = [], 0
+        t0 = time.perf_counter()
+        for session, role, text in turns:
+            t = time.perf_counter()
+            graph.log_turn(session, role, text, scope=SCOPE)
+            lat.append(time.perf_counter() - t)
+            busy += graph.worker._busy  # read-only peek: was the worker embedding during this call?
+        logged_s = time.perf_counter() - t0
+        ok = graph.flush(timeout=None)
+        ingest_s = time.perf_counter() - t0
+        assert ok and graph.worker.embedded - embedded_before == len(texts), "not every turn was embedded"
+        assert graph.index.count(SCOPE) == len(texts) + 8
+    finally:
+        graph.close()
+
+    _say("ingest: raw baseline again")
+    raw_s.append(_raw_ingest(emb.model, client, "raw1", texts, cfg.embed_batch, emb.batch_size))
+    raw_best = min(raw_s)
+    return {
+        "ingest_turns": len(texts),
+        "log_p50_ms": _pct(lat, 50),
+        "log_p99_ms": _pct(lat, 99),
+        "log_max_ms": _pct(lat, 100),
+        "log_calls_while_worker_busy": round(busy / len(lat), 3),
+        "log_all_s": logged_s,
+        "ingest_s": ingest_s,
+        "ingest_turns_per_s": len(texts) / ingest_s,
+        "raw_turns_per_s": len(texts) / raw_best,
+        "raw_runs_s": raw_s,
+        "ingest_ratio": (len(texts) / ingest_s) / (len(texts) / raw_best),
+    }
+
+
+def _fill(graph: MemoryGraph, coll, sessions: Sequence[dict], table: dict[str, np.ndarray], start: int) -> int:
+    """Write sessions into the graph (turns; memory notes linked ``surfaced`` to the session's last turn)
+    and the same texts and vectors into the raw collection. Returns the texts written."""
+    for s in sessions:
+        logged = graph.log_turns(s["name"], [{"role": r, "text": t} for r, t in s["turns"]], scope=SCOPE)
+        if s["memory"]:
+            mem = Memory(scope=SCOPE, session=s["name"], text=s["memory"], memory_kind="note")
+            graph.add(mem, edges=[(mem.id, logged[-1].id, "surfaced")])
+    texts = session_texts(sessions)
+    for i in range(0, len(texts), 4096):
+        chunk = texts[i : i + 4096]
+        coll.add(ids=[f"m{start + i + j}" for j in range(len(chunk))],
+                 embeddings=np.stack([table[t] for t in chunk]), documents=chunk)
+    return len(texts)
+
+
+def _time_ours(graph: MemoryGraph, q: str) -> float:
+    t = time.perf_counter()
+    graph.search(q, k=10, scope=SCOPE)
+    return time.perf_counter() - t
+
+
+def _time_raw(model, coll, q: str) -> float:
+    t = time.perf_counter()
+    v = model.encode([q], normalize_embeddings=True, convert_to_numpy=True)
+    coll.query(query_embeddings=v, n_results=10)
+    return time.perf_counter() - t
+
+
+def _breakdown(graph: MemoryGraph, model, coll, qs: Sequence[str]) -> dict[str, float]:
+    """p50 ms of each step of our search, run one by one (the real search overlaps lexical with encode)."""
+    cfg = graph.config
+    steps: dict[str, list[float]] = {k: [] for k in ("encode", "vector_n50", "lexical_n50", "expand", "fetch",
+                                                      "raw_query_n10")}
+
+    def timed(name: str, fn: Callable):
+        t = time.perf_counter()
+        out = fn()
+        steps[name].append(time.perf_counter() - t)
+        return out
+
+    for q in qs:
+        v = timed("encode", lambda: graph.embedder.embed([q])[0])
+        vec = timed("vector_n50", lambda: graph.index.query(SCOPE, v, cfg.search_candidates))
+        lex = timed("lexical_n50", lambda: graph.store.lexical(q, scope=SCOPE, kinds=None, since=None,
+                                                                limit=cfg.search_candidates))
+        seeds = list(dict.fromkeys([i for i, _ in vec[:3]] + [i for i, _ in lex[:2]]))
+        timed("expand", lambda: graph.view.expand(seeds, scope=SCOPE, hops=cfg.search_hops,
+                                                  edge_kinds=cfg.search_edge_kinds))
+        timed("fetch", lambda: graph.store.get_nodes([i for i, _ in (vec + lex)[:20]], scope=SCOPE))
+        timed("raw_query_n10", lambda: coll.query(query_embeddings=v.reshape(1, -1), n_results=10))
+    return {k: round(_pct(v, 50), 3) for k, v in steps.items()}
+
+
+def bench_search(emb: MiniLMEmbedder, tmp: Path, sizes: Sequence[int], n_queries: int, seed: int) -> dict:
+    """Search p95, graph vs raw, at each corpus size (the corpus grows in place)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    sessions = conversations(max(sizes), seed + 1)
+    texts = session_texts(sessions)
+    _say(f"search: embedding {len(texts)} corpus texts once with MiniLM")
+    t0 = time.perf_counter()
+    vectors = np.concatenate([emb.embed(texts[i : i + 4096]) for i in range(0, len(texts), 4096)])
+    corpus_embed_s = time.perf_counter() - t0
+    _say(f"search: embedded in {corpus_embed_s:.0f}s ({len(texts) / corpus_embed_s:.0f} texts/s)")
+    table = dict(zip(texts, vectors))
+    qs = queries(n_queries + 20, seed + 2, exclude=set(texts))
+    warm, qs = qs[:20], qs[20:]
+
+    lookup = _Precomputed(emb, table)
+    graph = MemoryGraph.open(GraphConfig(home=tmp / "search-graph"), embedder=lookup)
+    client = chromadb.PersistentClient(path=str(tmp / "search-raw"), settings=Settings(anonymized_telemetry=False))
+    coll = _raw_collection(client, "raw")
+    out: dict = {"corpus_embed_s": corpus_embed_s, "corpus_embed_texts_per_s": len(texts) / corpus_embed_s}
+    done_sessions = written = 0
+    try:
+        for size in sizes:
+            t0 = time.perf_counter()
+            start, batch = written, []
+            while written < size:
+                s = sessions[done_sessions]
+                batch.append(s)
+                done_sessions += 1
+                written += len(s["turns"]) + (s["memory"] is not None)
+            _fill(graph, coll, batch, table, start=start)
+            assert graph.flush(timeout=None)
+            n_vec = graph.index.count(SCOPE)
+            assert n_vec == coll.count() == written, (n_vec, coll.count(), written)
+            label = f"{size // 1000}k"
+            _say(f"search: {written} memories loaded in {time.perf_counter() - t0:.0f}s; {len(qs)} queries")
+            misses = lookup.misses
+            for q in warm:
+                _time_ours(graph, q)
+                _time_raw(emb.model, coll, q)
+            ours, raw = [], []
+            for i, q in enumerate(qs):  # alternate who goes first, so neither always gets the warmer cache
+                if i % 2 == 0:
+                    ours.append(_time_ours(graph, q))
+                    raw.append(_time_raw(emb.model, coll, q))
+                else:
+                    raw.append(_time_raw(emb.model, coll, q))
+                    ours.append(_time_ours(graph, q))
+            assert lookup.misses - misses >= len(qs) + len(warm), "queries must be encoded by MiniLM"
+            out[f"n_memories_{label}"] = written
+            out[f"search_p50_ms_{label}"] = _pct(ours, 50)
+            out[f"search_p95_ms_{label}"] = _pct(ours, 95)
+            out[f"raw_p50_ms_{label}"] = _pct(raw, 50)
+            out[f"raw_p95_ms_{label}"] = _pct(raw, 95)
+            out[f"search_p95_ratio_{label}"] = out[f"search_p95_ms_{label}"] / out[f"raw_p95_ms_{label}"]
+            out[f"search_breakdown_p50_ms_{label}"] = _breakdown(graph, emb.model, coll, qs[:50])
+    finally:
+        graph.close()
+    return out
+
+
+# -- report ----------------------------------------------------------------------
+
+
+def _met(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    op, target = TARGETS[name]
+    return "yes" if (value <= target if op == "<=" else value >= target) else "NO"
+
+
+def _table(r: dict) -> str:
+    rows = [
+        ("log_turn p50 (ms)", f"{r['log_p50_ms']:.3f}", "", ""),
+        ("log_turn p99 (ms)", f"{r['log_p99_ms']:.3f}", "<= 2", _met("log_p99_ms", r["log_p99_ms"])),
+        ("ingest, graph (turns/s)", f"{r['ingest_turns_per_s']:.0f}", "", ""),
+        ("ingest, raw encode+add (turns/s)", f"{r['raw_turns_per_s']:.0f}", "", ""),
+        ("ingest ratio", f"{r['ingest_ratio']:.3f}", ">= 0.9", _met("ingest_ratio", r["ingest_ratio"])),
+    ]
+    for label in ("10k", "100k"):
+        if r.get(f"search_p95_ms_{label}") is None:
+            rows.append((f"search p95 ratio @{label}", "skipped (--quick)", "<= 1.3", "-"))
+            continue
+        n = r[f"n_memories_{label}"]
+        rows += [
+            (f"search p95, graph @{n} (ms)", f"{r[f'search_p95_ms_{label}']:.2f}", "", ""),
+            (f"search p95, raw @{n} (ms)", f"{r[f'raw_p95_ms_{label}']:.2f}", "", ""),
+            (f"search p95 ratio @{label}", f"{r[f'search_p95_ratio_{label}']:.3f}", "<= 1.3",
+             _met(f"search_p95_ratio_{label}", r[f"search_p95_ratio_{label}"])),
+        ]
+    rows.append(("peak RSS (MB)", f"{r['peak_rss_mb']:.0f}", "", ""))
+    w = [max(len(row[i]) for row in rows) for i in range(4)]
+    head = ("metric", "value", "target", "met?")
+    w = [max(a, len(b)) for a, b in zip(w, head)]
+    lines = ["  ".join(h.ljust(x) for h, x in zip(head, w)), "  ".join("-" * x for x in w)]
+    lines += ["  ".join(c.ljust(x) for c, x in zip(row, w)) for row in rows]
+    for label in ("10k", "100k"):
+        b = r.get(f"search_breakdown_p50_ms_{label}")
+        if b:
+            lines.append(f"our search steps @{label}, p50 ms, run one by one: "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
+    m = r["machine"]
+    lines.append(f"{m['cpu_count']} CPUs ({m['cpu_model']}), {m['ram_gb']} GB RAM, {m['platform']}; "
+                 f"{r['wall_s']:.0f}s wall")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="2k-turn ingest and a 10k search corpus only (default: 4k turns, 10k and 100k corpora)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic texts (default: 0)")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    t_start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="mindloop-bench-"))
+    try:
+        _say("loading MiniLM")
+        emb = MiniLMEmbedder()
+        emb.embed(["warm up the model"] * 4)
+        result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
+                        "seed": args.seed, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "machine": _machine(), "embed_batch": GraphConfig(home=tmp).embed_batch}
+        result.update(bench_ingest(emb, tmp, 2000 if args.quick else 4000, args.seed))
+        sizes = [10_000] if args.quick else [10_000, 100_000]
+        result.update(bench_search(emb, tmp, sizes, 100 if args.quick else 200, args.seed))
+        result.setdefault("search_p95_ratio_100k", None)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["wall_s"] = time.perf_counter() - t_start
+        result["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
+        result["met"] = {k: _met(k, result.get(k)) for k in TARGETS}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps(result, indent=None, default=float))
+    else:
+        print(_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
