@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["build_parser", "main"]
@@ -123,17 +124,16 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> None:
         print(human)
 
 
-def _read_lines(path: str):
-    if path == "-":
-        return sys.stdin.read().splitlines()
+def _read_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 file ('-' = stdin); invalid UTF-8 is an error naming the line."""
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
-        with open(path, encoding="utf-8", errors="strict") as fh:
-            return fh.read().splitlines()
+        return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         from graph import InvalidRecord
 
-        line = 1 + open(path, "rb").read()[: e.start].count(b"\n")
-        raise InvalidRecord(f"{path}: line {line}: not valid UTF-8 (byte {e.object[e.start]:#x})") from None
+        line = 1 + data[: e.start].count(b"\n")
+        raise InvalidRecord(f"{path}: line {line}: not valid UTF-8 (byte {data[e.start]:#x})") from None
 
 
 def _cmd_log_import(args) -> int:

@@ -1,0 +1,136 @@
+"""The `mindloop` command: help for every subcommand, human and --json output, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agents.cli import build_parser, main
+
+SUBCOMMANDS = [[], ["log"], ["log", "import"], ["search"], ["graph"], ["graph", "stats"], ["forget"], ["export"],
+               ["import"]]
+
+CONVERSATIONS = [
+    {"session": "s1", "messages": [
+        {"role": "user", "content": "Rename parse_config to load_config."},
+        {"role": "assistant", "content": "You could also consider splitting the module instead."},
+        {"role": "user", "content": "No, I asked you to just rename it."}]},
+    {"session": "s2", "scope": "bob", "messages": [{"role": "user", "content": "bob's own rename question"}]},
+]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "mindloop")
+def test_help(words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*words, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mindloop")
+    if words in (["search"], ["log", "import"]):
+        assert "--json" in out and "default" in out
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def logfile(tmp_path):
+    path = tmp_path / "conv.jsonl"
+    path.write_text("\n".join(json.dumps(c) for c in CONVERSATIONS) + "\n")
+    return path
+
+
+def test_import_search_stats_export_forget(home, logfile, tmp_path, capsys):
+    code, out, _ = run(capsys, "log", "import", str(logfile))
+    assert code == 0 and "2 conversation(s): 4 turn(s) added" in out
+    code, out, _ = run(capsys, "log", "import", str(logfile), "--json")
+    assert json.loads(out)["turns_present"] == 4
+
+    code, out, _ = run(capsys, "search", "rename parse_config", "--json", "--k", "2")
+    hits = json.loads(out)["hits"]
+    assert code == 0 and len(hits) == 2
+    assert hits[0]["node"]["text"] == "Rename parse_config to load_config."
+    assert all(h["node"]["scope"] == "default" for h in hits)
+    code, out, _ = run(capsys, "search", "rename", "--scope", "bob")
+    assert "bob's own rename question" in out and "parse_config" not in out
+
+    code, out, _ = run(capsys, "graph", "stats", "--json")
+    stats = json.loads(out)
+    assert stats["nodes"] == {"session": 2, "turn": 4} and stats["vectors_in_index"] == 4
+    code, out, _ = run(capsys, "graph", "stats")
+    assert "turn 4" in out and "4 indexed, 0 pending" in out
+
+    dump = tmp_path / "default.jsonl"
+    code, out, _ = run(capsys, "export", "--scope", "default", "--out", str(dump))
+    assert code == 0 and "4 node(s)" in out and len(dump.read_text().splitlines()) == 1 + 4 + 2
+
+    code, out, _ = run(capsys, "forget", "--session", "s1", "--json")
+    assert json.loads(out) == {"forgotten": 4}
+    code, out, _ = run(capsys, "search", "parse_config", "--json")
+    assert json.loads(out)["hits"] == []
+
+    code, out, _ = run(capsys, "import", str(dump))
+    assert code == 0 and "imported 4 node(s) and 2 edge(s)" in out
+    code, out, _ = run(capsys, "search", "parse_config", "--json", "--hops", "0")
+    assert json.loads(out)["hits"][0]["node"]["session"] == "s1"
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(home, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(CONVERSATIONS[0]) + "\n" + '{"messages": [{"role": "wizard", "content": "x"}]}\n')
+    code, _, err = run(capsys, "log", "import", str(bad))
+    assert code == 2 and "line 2: message 0: role 'wizard'" in err and "nothing was imported" in err
+    code, out, _ = run(capsys, "graph", "stats", "--json")
+    assert json.loads(out)["nodes"] == {}
+
+    code, out, _ = run(capsys, "log", "import", str(bad), "--skip-bad")
+    assert code == 0 and "skipped 1 bad line(s)" in out and "line 2" in out
+
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"messages": [{"role": "user", "content": "ok"}]}\n{"messages": [{"role": "user", '
+                       b'"content": "caf\xe9"}]}\n')
+    code, _, err = run(capsys, "log", "import", str(latin1))
+    assert code == 2 and "line 2: not valid UTF-8" in err
+
+    code, _, err = run(capsys, "log", "import", str(tmp_path / "missing.jsonl"))
+    assert code == 2 and "missing.jsonl: no such file" in err
+
+    code, _, err = run(capsys, "search", "   ")
+    assert code == 2 and "query is empty" in err
+
+
+def test_argument_errors_name_the_problem(home, capsys):
+    for argv, message in [
+        (["search", "x", "--k", "0"], "0 must be at least 1"),
+        (["search", "x", "--since", "yesterday"], "--since 'yesterday'"),
+        (["search", "x", "--hops", "-1"], "-1 must be 0 or more"),
+        (["export"], "--scope"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
+    assert main(["search", "x", "--since", "7d", "--json"]) == 0
+
+
+def test_forget_needs_a_target(home):
+    with pytest.raises(SystemExit, match="give --session S or --scope S"):
+        main(["forget"])
+
+
+def test_console_script_entry_point(home):
+    """The installed `mindloop` command runs main() (checked through the module, as CI has no PATH guarantees)."""
+    out = subprocess.run([sys.executable, "-m", "agents.cli", "graph", "stats", "--json"], capture_output=True,
+                         text=True, check=True)
+    assert json.loads(out.stdout)["nodes"] == {}
+
+
+def test_parser_lists_every_command():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import"}
