@@ -104,7 +104,9 @@ class MiniLMEmbedder(Embedder):
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
 
+                hf_logging.disable_progress_bar()  # a library does not draw progress bars on its callers' terminal
                 self._model = SentenceTransformer(self.path, device=self.device)
                 self.dim = int(self._model.get_embedding_dimension())
                 log.info("loaded embedder %s from %s", self.name, self.path)

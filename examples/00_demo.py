@@ -1,0 +1,103 @@
+"""The mindloop demo: what `make demo` runs. It shows as much of the loop as exists today.
+
+    make demo                       # or: .venv/bin/python examples/00_demo.py [--home DIR]
+
+Expected runtime: about 30 s on 2 CPU cores (most of it loading MiniLM). Offline.
+
+Today (memory graph landed): the scripted conversations in
+``examples/data/conversations.jsonl`` are logged into a fresh memory graph
+with the bundled all-MiniLM-L6-v2 embedder; the demo prints the graph's
+counts, runs hybrid searches that show why each hit came back (vector,
+lexical, graph path), shows that scopes never mix, and forgets a session.
+
+Each run starts from a fresh data directory (``./demo-data`` unless
+``--home`` is given; its old contents are removed), so re-running is safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from graph import GraphConfig, MemoryGraph  # noqa: E402
+from graph.conversations import import_conversations  # noqa: E402
+
+DATA = ROOT / "examples" / "data" / "conversations.jsonl"
+console = Console(highlight=False)
+
+
+def show_hits(graph: MemoryGraph, query: str, **kw) -> None:
+    hits = graph.search(query, k=5, **kw)
+    table = Table(title=f"search {query!r}" + (f"  {kw}" if kw else ""), title_justify="left")
+    for col in ("#", "score", "kind", "why", "text"):
+        table.add_column(col, overflow="fold")
+    for i, h in enumerate(hits, 1):
+        why = []
+        for r in h.reasons:
+            if r["signal"] == "vector":
+                why.append(f"vector #{r['rank']} sim {r['similarity']:.2f}")
+            elif r["signal"] == "lexical":
+                why.append(f"bm25 #{r['rank']}")
+            else:
+                why.append(f"graph #{r['rank']} ({'/'.join(r['edges'])} of a top hit)")
+        text = " ".join((h.node.embed_text() or "").split())
+        table.add_row(str(i), f"{h.score:.4f}", h.node.kind, "; ".join(why), text[:90] + ("…" if len(text) > 90 else ""))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", default=str(ROOT / "demo-data"), help="demo data dir (emptied first)")
+    args = parser.parse_args(argv)
+    home = Path(args.home)
+    if home.exists():
+        shutil.rmtree(home)
+    started = time.perf_counter()
+
+    console.rule("[bold]mindloop demo: the memory graph")
+    with MemoryGraph.open(GraphConfig(home=home)) as graph:
+        console.print(f"data dir: {home}  (SQLite WAL + embedded Chroma, embedder {graph.embedder.name})")
+        report = import_conversations(graph, DATA.read_text(encoding="utf-8").splitlines())
+        console.print(f"logged {report.conversations} conversations, {report.turns_added} turns "
+                      f"(each turn acknowledged after its SQLite commit; vectors embedded in the background)")
+        t = time.perf_counter()
+        graph.flush(timeout=600)
+        console.print(f"background worker embedded every turn in {time.perf_counter() - t:.1f}s")
+
+        stats = graph.stats()
+        console.print("nodes: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["nodes"].items()))
+                      + " | edges: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["edges"].items()))
+                      + f" | vectors {stats['vectors_in_index']} | scopes {', '.join(stats['scopes'])}")
+
+        # A user correcting "suggested alternatives instead of doing what I asked", in other words:
+        show_hits(graph, "stop offering other options, just do what I told you")
+        # Only user turns; the graph signal brings in the assistant turns around them:
+        show_hits(graph, "rename the function", kinds=["turn"], hops=1)
+        show_hits(graph, "which database did we pick?")
+        show_hits(graph, "which database did we pick?", scope="bob")
+
+        removed = graph.forget(session="rename-1")
+        left = [h for h in graph.search("parse_cfg load_config", k=5) if h.node.session == "rename-1"]
+        console.print(f"forget --session rename-1: {removed} nodes removed; searching for it again finds "
+                      f"{len(left)} of them")
+
+    console.rule()
+    console.print(f"done in {time.perf_counter() - started:.1f}s. Try it yourself:")
+    console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop search 'just do the rename'")
+    console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop graph stats")
+    console.print("Coming with the next issues: the chat loop and proxy, correction detection, training, "
+                  "the observer and the scheduler.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Every numbered example runs, offline, as its docstring says (slow: they load the bundled MiniLM)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("[0-9][0-9]_*.py"))
+
+
+def test_examples_are_numbered_and_documented():
+    assert [p.name[:2] for p in EXAMPLES] == [f"{i:02d}" for i in range(len(EXAMPLES))]
+    for path in EXAMPLES:
+        doc = path.read_text().split('"""')[1]
+        assert ".venv/bin/python examples/" in doc or "make demo" in doc, f"{path.name}: no command in docstring"
+        assert "Expected runtime" in doc, f"{path.name}: no expected runtime in docstring"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(path, tmp_path):
+    args = [sys.executable, str(path)]
+    if path.name == "00_demo.py":
+        args += ["--home", str(tmp_path / "demo")]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = " ".join(out.stdout.split())  # rich wraps at the terminal width
+    if path.name == "00_demo.py":
+        assert "searching for it again finds 0 of them" in text
+        assert "ClickHouse" in text  # bob's scope answers bob's question
+    else:
+        assert "neighbours of the correction: True" in text
