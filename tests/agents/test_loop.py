@@ -1,0 +1,127 @@
+"""The agent loop: surface -> respond -> log -> signal, with a scripted model."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.backends import BackendError, ScriptedBackend
+from agents.loop import ChatLoop, TurnResult
+from agents.surface import HEADER, SurfaceConfig, Surfacer, with_memories
+from graph import InvalidText, Memory
+
+
+@pytest.fixture
+def loop(graph):
+    lp = ChatLoop(graph, ScriptedBackend(["Renamed parse_cfg to load_config.", "Done."]))
+    yield lp
+    lp.close()
+
+
+def test_turn_is_logged_with_model_latency_and_order(loop, graph):
+    result = loop.run("s1", "Rename parse_cfg to load_config.", scope="alice")
+    assert isinstance(result, TurnResult) and result.reply == "Renamed parse_cfg to load_config."
+    turns = graph.session_turns("s1", scope="alice")
+    assert [(t.role, t.text) for t in turns] == [("user", "Rename parse_cfg to load_config."),
+                                                 ("assistant", "Renamed parse_cfg to load_config.")]
+    assert [t.id for t in turns] == [result.user_turn, result.assistant_turn]
+    assert turns[1].model == "scripted" and turns[1].latency_ms >= 0
+    assert turns[0].created <= turns[1].created
+
+
+def test_streaming_yields_pieces_then_the_result(loop):
+    items = list(loop.stream("s", "go"))
+    pieces, result = items[:-1], items[-1]
+    assert "".join(pieces) == result.reply and len(pieces) > 1
+
+
+def test_history_is_checkpointed_per_session(loop, graph):
+    loop.run("s", "first")
+    loop.run("s", "second")
+    sent = loop.backend.calls[-1]
+    assert [m["content"] for m in sent] == ["first", "Renamed parse_cfg to load_config.", "second"]
+    assert loop.history("s")[-1] == {"role": "assistant", "content": "Done."}
+    assert loop.history("other") == []
+    # an explicit history (what an OpenAI client sends) replaces the stored one
+    loop.run("s", "third", history=[{"role": "system", "content": "be brief"}])
+    assert [m["role"] for m in loop.backend.calls[-1]] == ["system", "user"]
+
+
+def test_relevant_memories_are_surfaced_and_recorded(graph):
+    lesson = graph.add(Memory(text="When asked to rename, just rename; do not propose refactors.",
+                              memory_kind="lesson"))
+    graph.add(Memory(text="Prefers the metric system for recipes.", memory_kind="preference"))
+    graph.add(Memory(text="rename rule for another user", memory_kind="lesson", scope="bob"))
+    assert graph.flush()
+    backend = ScriptedBackend(["Renamed."])
+    loop = ChatLoop(graph, backend, surfacer=Surfacer(graph, SurfaceConfig(min_similarity=0.9)))
+    try:
+        result = loop.run("s", "please rename the module to utils")
+        assert [s["id"] for s in result.surfaced] == [lesson.id]  # lexical match; the recipe note is not
+        system = backend.calls[0][0]
+        assert system["role"] == "system" and HEADER in system["content"] and "just rename" in system["content"]
+        edges = graph.edges(lesson.id, kinds=["surfaced"], direction="out")
+        assert [e.dst for e in edges] == [result.assistant_turn]
+        reply = graph.get(result.assistant_turn)
+        assert reply.meta["surfaced"] == [{"id": lesson.id, "kind": "lesson"}]
+    finally:
+        loop.close()
+
+
+def test_surfacing_respects_the_token_budget(graph):
+    for i in range(5):
+        graph.add(Memory(text=f"rename rule number {i}: " + "always rename exactly " * 10, memory_kind="lesson"))
+    assert graph.flush()
+    # header ~21 tokens + ~63 per memory (4 characters a token): two fit in 160, three do not
+    found = Surfacer(graph, SurfaceConfig(budget_tokens=160, min_similarity=0.0))("rename rule", "default")
+    assert len(found) == 2
+    block = with_memories([], found)[0]["content"]
+    assert len(block) / 4 <= 160
+    assert Surfacer(graph, SurfaceConfig(budget_tokens=0))("rename rule", "default") == []
+
+
+def test_with_memories_merges_into_an_existing_system_message():
+    from agents.surface import Surfaced
+
+    s = [Surfaced("m1", "note", "uses tabs", 0.1, 0.8)]
+    out = with_memories([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], s)
+    assert out[0]["content"].startswith("be brief\n\n" + HEADER) and len(out) == 2
+    assert with_memories([{"role": "user", "content": "hi"}], [])[0] == {"role": "user", "content": "hi"}
+
+
+def test_model_failure_logs_the_user_turn_with_the_error(graph):
+    loop = ChatLoop(graph, ScriptedBackend(fail=BackendError("upstream x timed out", status=504)))
+    try:
+        result = loop.run("s", "hello?")
+        assert result.reply is None and result.error_status == 504 and "timed out" in result.error
+        turns = graph.session_turns("s")
+        assert [t.role for t in turns] == ["user"] and turns[0].meta["error"] == "upstream x timed out"
+        assert result.assistant_turn is None
+    finally:
+        loop.close()
+
+
+def test_signal_hook_gets_the_pair_and_cannot_break_the_chat(graph):
+    seen = []
+
+    def hook(user, reply, state):
+        seen.append((user.text, reply.text))
+        raise RuntimeError("signal agent bug")
+
+    loop = ChatLoop(graph, ScriptedBackend(["ok"]), on_pair=hook)
+    try:
+        assert loop.run("s", "hi").reply == "ok"
+        assert seen == [("hi", "ok")]
+    finally:
+        loop.close()
+
+
+def test_bad_user_text_is_rejected_before_anything_runs(loop, graph):
+    with pytest.raises(InvalidText):
+        loop.run("s", "   ")
+    assert loop.backend.calls == [] and graph.nodes(kind="turn") == []
+
+
+def test_reset_forgets_loop_state(loop):
+    loop.run("s", "first")
+    loop.reset("s")
+    assert loop.history("s") == []
