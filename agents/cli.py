@@ -104,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--scope", required=True, help="the scope to export")
     export.add_argument("--out", help="file to write (default: standard output); written whole or not at all")
 
+    model_opts = argparse.ArgumentParser(add_help=False)
+    model_opts.add_argument("--model", help="'bundled' (default: SmolLM2-135M-Instruct), a transformers model id or "
+                                            "path, or the model name at --upstream")
+    model_opts.add_argument("--upstream", help="OpenAI-compatible base URL (http://host:port/v1); "
+                                               "default: run the model locally")
+    model_opts.add_argument("--scope", help="scope of memories and logs (default: the configured scope)")
+    model_opts.add_argument("--max-tokens", type=_positive, help="cap on tokens per reply (default 256)")
+
+    chat = sub.add_parser("chat", help="terminal chat through the loop (surfacing and logging every turn)",
+                          parents=[common, model_opts])
+    chat.add_argument("--session", default="chat", help="session to start or resume (default 'chat')")
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible proxy: POST /v1/chat/completions, GET /v1/models",
+                           parents=[common, model_opts])
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; others need MINDLOOP_API_TOKEN)")
+    serve.add_argument("--port", type=_positive, help="TCP port (default 8000)")
+
     restore = sub.add_parser("import", help="load a file written by `mindloop export`", parents=[common])
     restore.add_argument("file", help="the export file ('-' for standard input)")
     restore.add_argument("--scope", help="load into this scope instead of the exported one")
@@ -239,6 +256,54 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _open_loop(args, g):
+    from agents.backends import ModelConfig, make_backend
+    from agents.loop import ChatLoop
+    from agents.surface import SurfaceConfig, Surfacer
+    from graph import load_config
+
+    model_cfg = load_config(ModelConfig, "model", file=args.config,
+                            overrides={"model": args.model, "upstream": args.upstream, "max_tokens": args.max_tokens})
+    surface_cfg = load_config(SurfaceConfig, "surface", file=args.config)
+    backend = make_backend(model_cfg)
+    return ChatLoop(g, backend, surfacer=Surfacer(g, surface_cfg))
+
+
+def _cmd_chat(args) -> int:
+    from agents.chat import run_chat
+
+    with _open_graph(args) as g:
+        loop = _open_loop(args, g)
+        try:
+            run_chat(loop, args.session, scope=args.scope)
+        finally:
+            loop.close()
+            loop.backend.close()
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import uvicorn
+
+    from agents.server import ServeConfig, check_bind, create_app
+    from graph import load_config
+
+    cfg = load_config(ServeConfig, "serve", file=args.config, overrides={"host": args.host, "port": args.port})
+    check_bind(cfg)
+    with _open_graph(args) as g:
+        if args.scope:
+            g.config.scope = args.scope
+        loop = _open_loop(args, g)
+        try:
+            print(f"mindloop proxy on http://{cfg.host}:{cfg.port}/v1 (model {loop.backend.model_id}); Ctrl-C stops",
+                  file=sys.stderr)
+            uvicorn.run(create_app(loop, cfg), host=cfg.host, port=cfg.port, log_level="warning")
+        finally:
+            loop.close()
+            loop.backend.close()
+    return 0
+
+
 _COMMANDS = {
     ("log", "import"): _cmd_log_import,
     ("search", None): _cmd_search,
@@ -246,6 +311,8 @@ _COMMANDS = {
     ("forget", None): _cmd_forget,
     ("export", None): _cmd_export,
     ("import", None): _cmd_import,
+    ("chat", None): _cmd_chat,
+    ("serve", None): _cmd_serve,
 }
 
 
