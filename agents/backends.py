@@ -147,55 +147,99 @@ def bundled_model() -> tuple[str, str]:
     return str(folder), BUNDLED_GGUF
 
 
+PROMOTED = "promoted.json"
+
+
 class LocalBackend(ChatBackend):
     """A transformers causal LM run in this process, streaming through ``TextIteratorStreamer``.
 
-    ``model`` is ``"bundled"``, a model id or a local path. ``adapter`` is a
-    PEFT (LoRA) adapter folder put on top, with ``checkpoint`` naming it.
-    Loading is lazy (first reply) and guarded, so a server can start at once.
+    ``model`` is ``"bundled"``, a model id or a local path. When
+    ``checkpoints`` is given, the checkpoint promoted there is put on top and
+    followed: ``checkpoints/promoted.json`` (``{"checkpoint": id, "path":
+    folder, "kind": "lora" | "full"}``, replaced atomically by whoever
+    promotes or rolls back) is checked before each reply, and a change loads
+    the new LoRA adapter (PEFT) or full weights; no file means the base model.
+    Loading is lazy (first reply), so a server starts at once.
     """
 
-    def __init__(self, model: str = "bundled", *, device: str = "cpu", adapter: str | None = None,
-                 checkpoint: str | None = None) -> None:
+    def __init__(self, model: str = "bundled", *, device: str = "cpu",
+                 checkpoints: str | os.PathLike | None = None) -> None:
         self.source = model
         self.model_id = "SmolLM2-135M-Instruct" if model == "bundled" else model
         self.device = device
-        self.adapter = adapter
-        self.checkpoint = checkpoint
-        self._model = None
+        self.checkpoints = Path(checkpoints) if checkpoints is not None else None
+        self.checkpoint = None
+        self._base = None  # the base model, without any adapter
+        self._model = None  # what generates: the base, base + adapter, or full checkpoint weights
         self._tokenizer = None
+        self._promoted_key: tuple | None = None
         self._load_lock = threading.Lock()
         self._gen_lock = threading.Lock()  # one generation at a time: a 2-core CPU gains nothing from more
 
+    def _from_pretrained(self, source: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if source == "bundled":
+            folder, gguf = bundled_model()
+            kw = {"gguf_file": gguf}
+        else:
+            folder, kw = source, {}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
+        except (OSError, ValueError) as e:
+            raise BackendError(f"cannot load model {source!r}: {e}", status=500) from None
+        return model.to(self.device).eval(), tokenizer
+
     def load(self):
-        """Load (once) and return ``(model, tokenizer)``."""
+        """Load the base model once, follow the promoted checkpoint, and return ``(model, tokenizer)``."""
         with self._load_lock:
-            if self._model is None:
+            if self._base is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
-                if self.source == "bundled":
-                    folder, gguf = bundled_model()
-                    kw = {"gguf_file": gguf}
-                else:
-                    folder, kw = self.source, {}
-                try:
-                    tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-                    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
-                except (OSError, ValueError) as e:
-                    raise BackendError(f"cannot load model {self.source!r}: {e}", status=500) from None
-                if self.adapter:
-                    from peft import PeftModel
-
-                    model = PeftModel.from_pretrained(model, self.adapter)
-                model.to(self.device).eval()
-                self._model, self._tokenizer = model, tokenizer
-                log.info("loaded %s%s on %s", self.model_id, f" + {self.checkpoint}" if self.checkpoint else "",
-                         self.device)
+                self._base, self._tokenizer = self._from_pretrained(self.source)
+                self._model = self._base
+                log.info("loaded %s on %s", self.model_id, self.device)
+            self._follow_promoted()
         return self._model, self._tokenizer
+
+    def _follow_promoted(self) -> None:
+        if self.checkpoints is None:
+            return
+        pointer = self.checkpoints / PROMOTED
+        try:
+            st = pointer.stat()
+            key: tuple | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        if key == self._promoted_key:
+            return
+        self._promoted_key = key
+        if self._model is not self._base and hasattr(self._model, "unload"):
+            self._model.unload()  # takes the old adapter's layers out of the shared base, in place
+        self._model, self.checkpoint = self._base, None
+        if key is None:
+            log.info("no promoted checkpoint: serving the base model")
+            return
+        try:
+            info = json.loads(pointer.read_text(encoding="utf-8"))
+            ckpt, kind, path = str(info["checkpoint"]), info.get("kind", "lora"), self.checkpoints / info["path"]
+            if kind == "lora":
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(self._base, str(path), adapter_name="promoted").eval()
+            elif kind == "full":
+                model, _ = self._from_pretrained(str(path))
+            else:
+                raise ValueError(f"kind {kind!r} is not 'lora' or 'full'")
+        except Exception as e:  # a bad checkpoint must not take the chat down: serve the base model
+            log.error("cannot load the checkpoint promoted in %s (%s); serving the base model", pointer, e)
+            return
+        self._model, self.checkpoint = model, ckpt
+        log.info("now serving checkpoint %s (%s)", ckpt, kind)
 
     def prompt_ids(self, messages: Messages):
         """Token ids of ``messages`` rendered by the tokenizer's chat template, ready for the reply."""
@@ -297,10 +341,13 @@ class OpenAIBackend(ChatBackend):
         self._client.close()
 
 
-def make_backend(config: ModelConfig) -> ChatBackend:
-    """The backend a :class:`ModelConfig` names: the upstream when set, else the local model."""
+def make_backend(config: ModelConfig, checkpoints: str | os.PathLike | None = None) -> ChatBackend:
+    """The backend a :class:`ModelConfig` names: the upstream when set, else the local model.
+
+    ``checkpoints`` (the data dir's ``checkpoints/``) lets the local model follow promotions.
+    """
     if config.upstream:
         key = os.environ.get(config.api_key_env) or None
         model = "default" if config.model == "bundled" else config.model
         return OpenAIBackend(config.upstream, model, api_key=key, timeout_s=config.timeout_s)
-    return LocalBackend(config.model, device=config.device)
+    return LocalBackend(config.model, device=config.device, checkpoints=checkpoints)

@@ -265,7 +265,7 @@ def _open_loop(args, g):
     model_cfg = load_config(ModelConfig, "model", file=args.config,
                             overrides={"model": args.model, "upstream": args.upstream, "max_tokens": args.max_tokens})
     surface_cfg = load_config(SurfaceConfig, "surface", file=args.config)
-    backend = make_backend(model_cfg)
+    backend = make_backend(model_cfg, checkpoints=g.config.home / "checkpoints")
     return ChatLoop(g, backend, surfacer=Surfacer(g, surface_cfg))
 
 

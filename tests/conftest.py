@@ -26,3 +26,36 @@ def graph(config):
     g = MemoryGraph.open(config, embedder=HashingEmbedder())
     yield g
     g.close()
+
+
+TINY_WORDS = ("hello hi rename the function to a file please ok done sure no yes it is was what how you i "
+              "do not use tabs spaces class make".split())
+
+
+def build_tiny_lm(path, seed: int = 0):
+    """A tiny randomly initialised Llama and a word-level tokenizer with a chat template, saved to ``path``."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(TINY_WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>")
+    fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+                          "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=2, eos_token_id=3, pad_token_id=1)
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """Path of a tiny causal LM (random weights, built locally) with a tokenizer and chat template."""
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
