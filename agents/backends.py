@@ -101,6 +101,12 @@ class ChatBackend:
     def close(self) -> None:
         """Release what the backend holds."""
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class ScriptedBackend(ChatBackend):
     """Replies from a list (in turn, cycling) or from ``reply(messages) -> str``; streamed word by word.
