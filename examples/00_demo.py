@@ -2,13 +2,19 @@
 
     make demo                       # or: .venv/bin/python examples/00_demo.py [--home DIR]
 
-Expected runtime: about 30 s on 2 CPU cores (most of it loading MiniLM). Offline.
+Expected runtime: about 1 minute on 2 CPU cores (loading MiniLM and SmolLM2). Offline.
 
-Today (memory graph landed): the scripted conversations in
-``examples/data/conversations.jsonl`` are logged into a fresh memory graph
-with the bundled all-MiniLM-L6-v2 embedder; the demo prints the graph's
-counts, runs hybrid searches that show why each hit came back (vector,
-lexical, graph path), shows that scopes never mix, and forgets a session.
+Today (memory graph and agent loop landed):
+
+1. the scripted conversations in ``examples/data/conversations.jsonl`` are
+   logged into a fresh memory graph with the bundled all-MiniLM-L6-v2
+   embedder; the demo prints the graph's counts, runs hybrid searches that
+   show why each hit came back (vector, lexical, graph path), shows that
+   scopes never mix, and forgets a session;
+2. a lesson memory is stored and a short scripted chat runs through the
+   agent loop (surface -> respond -> log -> signal) with the bundled
+   SmolLM2-135M-Instruct: each reply streams, and the demo shows what was
+   surfaced into the context and what was logged.
 
 Each run starts from a fresh data directory (``./demo-data`` unless
 ``--home`` is given; its old contents are removed), so re-running is safe.
@@ -28,7 +34,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from graph import GraphConfig, MemoryGraph  # noqa: E402
+from graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
 from graph.conversations import import_conversations  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "conversations.jsonl"
@@ -52,6 +58,46 @@ def show_hits(graph: MemoryGraph, query: str, **kw) -> None:
         text = " ".join((h.node.embed_text() or "").split())
         table.add_row(str(i), f"{h.score:.4f}", h.node.kind, "; ".join(why), text[:90] + ("…" if len(text) > 90 else ""))
     console.print(table)
+
+
+SCRIPTED_CHAT = [
+    "Rename the variable tmp to total in this line: tmp = a + b",
+    "What is the capital of France?",
+]
+
+
+def chat_through_the_loop(graph: MemoryGraph) -> None:
+    from agents.backends import LocalBackend
+    from agents.loop import ChatLoop, TurnResult
+
+    lesson = graph.add(Memory(memory_kind="lesson", text="When the user asks to rename something, just rename it; "
+                                                         "do not suggest alternatives."))
+    graph.flush()
+    console.print(f"stored a lesson memory ({lesson.id}); loading the bundled model ...")
+    t = time.perf_counter()
+    backend = LocalBackend("bundled", checkpoints=graph.config.home / "checkpoints")
+    backend.load()
+    console.print(f"loaded {backend.model_id} in {time.perf_counter() - t:.1f}s")
+    loop = ChatLoop(graph, backend)
+    try:
+        for text in SCRIPTED_CHAT:
+            console.print(f"[bold]user>[/] {text}")
+            console.print("[bold]bot>[/] ", end="")
+            result = None
+            for item in loop.stream("demo-chat", text, max_tokens=48):
+                if isinstance(item, TurnResult):
+                    result = item
+                else:
+                    console.print(item, end="", markup=False)
+            console.print()
+            surfaced = ", ".join(f"({s['kind']}) {s['text'][:50]}…" for s in result.surfaced) or "nothing"
+            console.print(f"  [dim]surfaced: {surfaced}; reply in {result.latency_ms:.0f} ms[/]")
+        turns = graph.session_turns("demo-chat")
+        console.print(f"logged {len(turns)} turns in session demo-chat: "
+                      + ", ".join(f"{t.role}#{t.index}" for t in turns)
+                      + f"; surfaced edges from the lesson: {len(graph.edges(lesson.id, kinds=['surfaced']))}")
+    finally:
+        loop.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"forget --session rename-1: {removed} nodes removed; searching for it again finds "
                       f"{len(left)} of them")
 
+        console.rule("[bold]the agent loop: surface -> respond -> log -> signal (bundled SmolLM2-135M)")
+        chat_through_the_loop(graph)
+
     console.rule()
     console.print(f"done in {time.perf_counter() - started:.1f}s. Try it yourself:")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop search 'just do the rename'")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop graph stats")
-    console.print("Coming with the next issues: the chat loop and proxy, correction detection, training, "
-                  "the observer and the scheduler.")
+    console.print("  .venv/bin/mindloop chat --session mine        # terminal chat, same loop")
+    console.print("  .venv/bin/mindloop serve --port 8000          # OpenAI-compatible proxy")
+    console.print("Coming with the next issues: correction detection, training, the observer and the scheduler.")
     return 0
 
 
