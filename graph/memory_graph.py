@@ -84,10 +84,12 @@ class MemoryGraph:
         self._index_lock = threading.Lock()
         self._last_index_try = 0.0
         self.view = GraphView(store)
+        seen = store.last_seq()  # deletions after this are followed by the worker; before it, by reconcile
         if index is not None and reconcile:
             self.reconcile()
         self.worker = EmbedWorker(store, lambda: self.index, embedder, batch=self.config.embed_batch,
-                                  poll_s=self.config.embed_poll_s, max_chars=self.config.embed_max_chars)
+                                  poll_s=self.config.embed_poll_s, max_chars=self.config.embed_max_chars,
+                                  since_seq=seen)
         self.worker.notify()
         self._closed = False
 

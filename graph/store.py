@@ -406,6 +406,12 @@ class Store:
             (seq, limit),
         ).fetchall()
 
+    def deletions_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+        """Node deletions logged after ``seq``: (seq, node id, scope), oldest first."""
+        return self.conn.execute(
+            "SELECT seq, node, scope FROM history WHERE seq > ? AND op = 'node-' ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+
     def last_seq(self) -> int:
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
 

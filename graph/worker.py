@@ -5,8 +5,11 @@ stores it, then wake this thread; the caller never waits for an embedding.
 The worker embeds up to ``batch`` pending nodes at a time, upserts them into
 the index by node id (so a retry after a crash is harmless), and marks them
 current only if their text did not change meanwhile. It also polls every
-``poll_s`` seconds for nodes that other processes wrote. Vectors of nodes
-deleted while they were being embedded are removed again at once.
+``poll_s`` seconds for nodes that other processes wrote, and follows the
+store's history for deletions (``node-``) made by any process since
+``since_seq``, removing their vectors: a process without the index can
+forget, and the owner's index follows. Vectors of nodes deleted while they
+were being embedded are removed again at once.
 
 An embedding or index failure is logged and retried with back-off; it never
 takes the caller down and never loses the node (it stays pending).
@@ -32,7 +35,7 @@ class EmbedWorker:
     """Embeds pending nodes of ``store`` into the index that ``get_index()`` returns."""
 
     def __init__(self, store: Store, get_index: Callable[[], VectorIndex | None], embedder: Embedder, *,
-                 batch: int = 128, poll_s: float = 1.0, max_chars: int = 4096) -> None:
+                 batch: int = 128, poll_s: float = 1.0, max_chars: int = 4096, since_seq: int = 0) -> None:
         self.store = store
         self.get_index = get_index
         self.embedder = embedder
@@ -46,6 +49,7 @@ class EmbedWorker:
         self._failures = 0
         self.last_error: str | None = None
         self.embedded = 0
+        self._deleted_seq = since_seq  # history already applied to the index, for deletions
         self._thread = threading.Thread(target=self._run, name="mindloop-embed", daemon=True)
         self._thread.start()
 
@@ -68,12 +72,24 @@ class EmbedWorker:
                     self._busy = False
                     self._idle.notify_all()
 
+    def _follow_deletions(self, index: VectorIndex) -> None:
+        rows = self.store.deletions_since(self._deleted_seq)
+        if not rows:
+            return
+        by_scope: dict[str, list[str]] = {}
+        for _, node, scope in rows:
+            by_scope.setdefault(scope, []).append(node)
+        for scope, ids in by_scope.items():
+            index.delete(scope, ids)
+        self._deleted_seq = rows[-1][0]
+
     def _step(self) -> bool:
-        """Embed one batch; True if there may be more to do."""
+        """Apply deletions, then embed one batch; True if there may be more to do."""
         index = self.get_index()
         if index is None:
             return False
         try:
+            self._follow_deletions(index)
             rows = self.store.pending(self.batch)
             if not rows:
                 return False
@@ -117,7 +133,7 @@ class EmbedWorker:
         while True:
             if self.get_index() is None:
                 return False
-            if self.store.pending_count() == 0:
+            if self.store.pending_count() == 0 and not self.store.deletions_since(self._deleted_seq, limit=1):
                 with self._idle:
                     if not self._busy:
                         return True

@@ -83,7 +83,7 @@ def test_chat_command_reads_stdin(home, monkeypatch, capsys):
     """`mindloop chat` end to end through the CLI, with a scripted model behind make_backend."""
     import agents.backends as backends
 
-    monkeypatch.setattr(backends, "make_backend", lambda cfg: ScriptedBackend(["hi there"]))
+    monkeypatch.setattr(backends, "make_backend", lambda cfg, checkpoints=None: ScriptedBackend(["hi there"]))
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/quit\n"))
     assert main(["chat", "--session", "cli"]) == 0
     assert "bot> hi there" in capsys.readouterr().out
