@@ -16,6 +16,12 @@ Chroma collection, so scopes are separate by construction. Embedded Chroma
 must have a single writer process; the process that opens it holds
 ``chroma.lock`` until it closes, and other processes get
 :class:`IndexUnavailable` (they still log; the owner embeds their nodes).
+
+Embedded Chroma writes its HNSW files in place, so a process killed while
+it persists them leaves files that fail to load or crash the loader
+outright. The lock file therefore also records whether the last owner closed
+the index cleanly; when it did not, the next owner deletes ``chroma/`` before
+opening it, and reconciliation re-embeds every node from ``graph.db``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -90,6 +97,7 @@ class ChromaIndex(VectorIndex):
 
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
         self._lock_fh = None
+        self.rebuilt = False
         self._collections: dict[str, Any] = {}
         if url is not None:
             parsed = urlparse(url)
@@ -115,22 +123,35 @@ class ChromaIndex(VectorIndex):
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
-                owner = fh.read().strip() or "another process"
+                owner = fh.read().strip().removeprefix("in use by ") or "another process"
                 fh.close()
                 raise IndexUnavailable(
                     f"embedded Chroma at {root} is in use by {owner}; embedded Chroma has one writer. "
                     "Set MINDLOOP_CHROMA_URL to share a Chroma server between processes."
                 ) from None
             fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()}\n")
-            fh.flush()
+            last = fh.read().strip()
+            self.rebuilt = last != "closed" and any(root.iterdir())
+            if self.rebuilt:
+                log.warning("embedded Chroma at %s was not closed cleanly (%s); deleting it, vectors will be "
+                            "rebuilt from graph.db", root, last or "no record")
+                shutil.rmtree(root)
+                root.mkdir()
             self._lock_fh = fh
+            self._record(f"in use by pid {os.getpid()}")
             try:
                 self._client = chromadb.PersistentClient(path=str(root), settings=settings)
             except Exception as e:
                 self.close()
                 raise IndexUnavailable(f"embedded Chroma at {root} cannot be opened: {e}") from None
+
+    def _record(self, state: str) -> None:
+        fh = self._lock_fh
+        fh.seek(0)
+        fh.truncate()
+        fh.write(state + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
     def _collection(self, scope: str, create: bool = True):
         coll = self._collections.get(scope)
@@ -224,6 +245,7 @@ class ChromaIndex(VectorIndex):
             self._client = None
         if self._lock_fh is not None:
             try:
+                self._record("closed")  # Chroma's files are complete: the next owner may trust them
                 fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             finally:
                 self._lock_fh.close()
