@@ -76,9 +76,11 @@ class EmbedWorker:
         rows = self.store.deletions_since(self._deleted_seq)
         if not rows:
             return
+        back = self.store.existing([node for _, node, _ in rows])  # forgotten, then imported again: keep
         by_scope: dict[str, list[str]] = {}
         for _, node, scope in rows:
-            by_scope.setdefault(scope, []).append(node)
+            if node not in back:
+                by_scope.setdefault(scope, []).append(node)
         for scope, ids in by_scope.items():
             index.delete(scope, ids)
         self._deleted_seq = rows[-1][0]

@@ -14,6 +14,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,7 @@ class Child:
 
     def __init__(self, code: str, *args: str, stdin: bool = False) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.stderr_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mindloop-child-{os.getpid()}-{id(self)}.err"
-        self._stderr = open(self.stderr_path, "w+b")
+        self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", TEXT_HASH_SRC + code, *args],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -87,8 +87,10 @@ class Child:
         self.proc.wait(timeout=30)
 
     def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")[-4000:]
+        """The end of what the child wrote to stderr (read without moving the offset the child writes at)."""
+        fd = self._stderr.fileno()
+        size = os.fstat(fd).st_size
+        return os.pread(fd, 4000, max(0, size - 4000)).decode(errors="replace")
 
     def close(self) -> None:
         self.kill()
@@ -97,7 +99,6 @@ class Child:
         if self.proc.stdin:
             self.proc.stdin.close()
         self._stderr.close()
-        self.stderr_path.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -134,11 +135,12 @@ class Recovered:
 def recover(home: Path, *, acked: Iterable[str] = (), why: str = "") -> Recovered:
     """Reopen the graph in ``home``, check every invariant, flush vectors, compare them, close.
 
-    Invariants: SQLite and FTS integrity; turns have positions 0..n-1 per
-    session with no duplicates; the ``next`` edges are exactly the chains of
-    consecutive turns; every turn's session node exists; no vector is
-    pending after ``flush``; the index holds exactly the embeddable ids of
-    every scope; each id in ``acked`` is stored exactly once. ``why`` is added to every assertion message (the seed, the trial).
+    Invariants: SQLite and FTS integrity; each id in ``acked`` is stored
+    exactly once; turns have positions 0..n-1 per session with no
+    duplicates; the ``next`` edges are exactly the chains of consecutive
+    turns; every turn's session node exists; no vector is pending after
+    ``flush``; the index holds exactly the embeddable ids of every scope.
+    ``why`` (the seed, the trial) is added to every assertion message.
     """
     graph = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"))
     try:
@@ -205,7 +207,8 @@ def _gaps(positions: list[int]) -> str:
     for p in positions:
         (dup if p in seen else seen).add(p)
     missing = sorted(set(range(len(positions))) - seen)
-    return f"(n={len(positions)}, duplicated {sorted(dup)[:5]}, missing {missing[:5]}, max {max(positions, default=None)})"
+    top = max(positions, default=None)
+    return f"(n={len(positions)}, duplicated {sorted(dup)[:5]}, missing {missing[:5]}, max {top})"
 
 
 @pytest.fixture

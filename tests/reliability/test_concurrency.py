@@ -5,7 +5,9 @@ others log to SQLite only and the owner's worker embeds their turns), wait at
 a barrier, then each logs 500 turns: to two sessions of its own and to one
 session that all four append to. Every acknowledged turn must be stored
 once, at the position ``log_turn`` returned, and every session, the shared
-one included, must be one gap-free chain. Run::
+one included, must be one gap-free chain. A second test forgets from a
+process without the index while the owner runs, and checks that the forgotten
+vectors leave the owner's index too. Run::
 
     .venv/bin/python -m pytest tests/reliability/test_concurrency.py -q
 """
@@ -16,6 +18,10 @@ import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from graph import GraphConfig, MemoryGraph
 
 PROCESSES = 4
 TURNS = 500
@@ -103,3 +109,51 @@ def _read_until_done(child) -> list[str]:
     while (line := child.readline(timeout=120)) not in ("done", None):
         lines.append(line)
     return lines
+
+
+# Owns embedded Chroma; logs to two sessions of scope "default" and one of
+# scope "other", then on each line "<seconds>" of stdin waits up to that long
+# for its index to match graph.db, and reports both.
+OWNER = '''
+import sys, time
+from graph import GraphConfig, MemoryGraph
+
+g = MemoryGraph.open(GraphConfig(home=sys.argv[1], embedder="hashing", embed_poll_s=0.2))
+for i in range(30):
+    g.log_turn("secret", "user", f"my card number ends in {i:04d}")
+    g.log_turn("keep", "user", f"please keep answers short, take {i}")
+    g.log_turn("s", "user", f"the other scope, turn {i}", scope="other")
+assert g.flush(timeout=60), g.worker.last_error
+print("ready", flush=True)
+for line in sys.stdin:
+    deadline = time.monotonic() + float(line)
+    while True:
+        assert g.flush(timeout=60), g.worker.last_error
+        state = {s: (len(g.index.ids(s)), len(g.store.embeddable_ids(s))) for s in ("default", "other")}
+        if all(have == want for have, want in state.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # poll: the owner learns of the other process's forget only from graph.db
+    print(*(f"{s}={have}/{want}" for s, (have, want) in state.items()), flush=True)
+'''
+
+
+@pytest.mark.parametrize("what", [{"session": "secret"}, {"scope": "other"}])
+def test_forget_by_a_process_without_the_index_reaches_the_owners_index(tmp_path, spawn, what):
+    """Forgetting must remove the vectors too, also when another process owns embedded Chroma.
+
+    This process opens the graph second, so it logs and forgets without an
+    index; the owner keeps running. Within 5 s (25 of its polls) the owner's
+    index must hold exactly the embeddable nodes again.
+    """
+    home = tmp_path / "home"
+    owner = spawn(OWNER, str(home), stdin=True)
+    assert owner.readline(timeout=60) == "ready", owner.stderr()
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as guest:
+        assert guest.index_note is not None, "this process should not have got embedded Chroma"
+        assert guest.forget(**what) == 31
+    owner.send("0")
+    before = owner.readline(timeout=60)
+    owner.send("5")
+    after = owner.readline(timeout=60)
+    want = "default=30/30 other=30/30" if "session" in what else "default=60/60 other=0/0"
+    assert after == want, f"owner's index/graph.db vectors after forget({what}): {after} (at once: {before})"
