@@ -268,7 +268,8 @@ class Store:
             sql = f"SELECT id, kind, text, data FROM nodes WHERE id IN ({marks})"
             params: list[Any] = list(chunk)
             if scope is not None:
-                sql += " AND scope = ?"
+                # unary + keeps the planner on the primary key: with the scope index it read the whole scope
+                sql += " AND +scope = ?"
                 params.append(scope)
             for row in self.conn.execute(sql, params):
                 out[row[0]] = self._row_to_node(row[1:])
@@ -406,10 +407,11 @@ class Store:
             (seq, limit),
         ).fetchall()
 
-    def deletions_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
-        """Node deletions logged after ``seq``: (seq, node id, scope), oldest first."""
+    def deletions_since(self, seq: int, *, upto: int | None = None, limit: int = 10_000) -> list[tuple[int, str, str]]:
+        """Node deletions logged after ``seq`` (and up to ``upto``): (seq, node id, scope), oldest first."""
         return self.conn.execute(
-            "SELECT seq, node, scope FROM history WHERE seq > ? AND op = 'node-' ORDER BY seq LIMIT ?", (seq, limit)
+            "SELECT seq, node, scope FROM history WHERE seq > ? AND seq <= ? AND op = 'node-' ORDER BY seq LIMIT ?",
+            (seq, upto if upto is not None else 2**62, limit),
         ).fetchall()
 
     def last_seq(self) -> int:

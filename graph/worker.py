@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 class EmbedWorker:
     """Embeds pending nodes of ``store`` into the index that ``get_index()`` returns."""
 
+    DELETIONS_PER_STEP = 10_000
+
     def __init__(self, store: Store, get_index: Callable[[], VectorIndex | None], embedder: Embedder, *,
                  batch: int = 128, poll_s: float = 1.0, max_chars: int = 4096, since_seq: int = 0) -> None:
         self.store = store
@@ -73,8 +75,10 @@ class EmbedWorker:
                     self._idle.notify_all()
 
     def _follow_deletions(self, index: VectorIndex) -> None:
-        rows = self.store.deletions_since(self._deleted_seq)
+        top = self.store.last_seq()  # scanned up to here, deletions or not: the next scan starts after it
+        rows = self.store.deletions_since(self._deleted_seq, upto=top, limit=self.DELETIONS_PER_STEP)
         if not rows:
+            self._deleted_seq = top
             return
         back = self.store.existing([node for _, node, _ in rows])  # forgotten, then imported again: keep
         by_scope: dict[str, list[str]] = {}
@@ -83,7 +87,7 @@ class EmbedWorker:
                 by_scope.setdefault(scope, []).append(node)
         for scope, ids in by_scope.items():
             index.delete(scope, ids)
-        self._deleted_seq = rows[-1][0]
+        self._deleted_seq = rows[-1][0] if len(rows) == self.DELETIONS_PER_STEP else top
 
     def _step(self) -> bool:
         """Apply deletions, then embed one batch; True if there may be more to do."""
@@ -135,7 +139,7 @@ class EmbedWorker:
         while True:
             if self.get_index() is None:
                 return False
-            if self.store.pending_count() == 0 and not self.store.deletions_since(self._deleted_seq, limit=1):
+            if self.store.pending_count() == 0 and self._deleted_seq >= self.store.last_seq():
                 with self._idle:
                     if not self._busy:
                         return True
