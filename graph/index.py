@@ -11,8 +11,11 @@ Contract of a :class:`VectorIndex` backend (one conformance suite,
   scope's vectors at once.
 
 Backends: embedded Chroma (``PersistentClient`` under ``home/chroma``) and a
-Chroma server (``HttpClient``) when a URL is configured. Each scope is one
-Chroma collection, so scopes are separate by construction. Embedded Chroma
+Chroma server (``HttpClient``) when a URL is configured. Each scope has one
+Chroma collection per node kind, so scopes are separate by construction and
+a search for some kinds (surfacing asks for memories only) queries just
+their collections: Chroma's metadata filters cost ~27 ms at 10k vectors,
+against ~1 ms for an unfiltered query (measured in this repo). Embedded Chroma
 must have a single writer process; the process that opens it holds
 ``chroma.lock`` until it closes, and other processes get
 :class:`IndexUnavailable` (they still log; the owner embeds their nodes).
@@ -31,6 +34,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -44,9 +48,13 @@ __all__ = ["ChromaIndex", "VectorIndex", "collection_name"]
 log = logging.getLogger(__name__)
 
 
-def collection_name(scope: str) -> str:
-    """A Chroma-legal collection name for a scope (Chroma allows [a-zA-Z0-9._-], 3-512 chars)."""
-    return "mindloop-" + hashlib.sha256(scope.encode("utf-8")).hexdigest()[:24]
+# Node kinds that have vectors (those whose records define embed_text); each gets its own collection.
+EMBEDDED_KINDS = ("turn", "memory", "flag", "pattern")
+
+
+def collection_name(scope: str, kind: str) -> str:
+    """A Chroma-legal collection name for a scope's vectors of one kind ([a-zA-Z0-9._-], 3-512 chars)."""
+    return f"mindloop-{hashlib.sha256(scope.encode('utf-8')).hexdigest()[:24]}-{kind}"
 
 
 class VectorIndex:
@@ -98,7 +106,8 @@ class ChromaIndex(VectorIndex):
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
         self._lock_fh = None
         self.rebuilt = False
-        self._collections: dict[str, Any] = {}
+        self._collections: dict[tuple[str, str], Any] = {}
+        self._missing: dict[tuple[str, str], float] = {}
         if url is not None:
             parsed = urlparse(url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -153,83 +162,96 @@ class ChromaIndex(VectorIndex):
         fh.flush()
         os.fsync(fh.fileno())
 
-    def _collection(self, scope: str, create: bool = True):
-        coll = self._collections.get(scope)
+    def _collection(self, scope: str, kind: str, create: bool = True):
+        key = (scope, kind)
+        coll = self._collections.get(key)
         if coll is not None:
             return coll
-        name = collection_name(scope)
+        name = collection_name(scope, kind)
         if create:
             coll = self._client.get_or_create_collection(
-                name, embedding_function=None, metadata={"scope": scope},
+                name, embedding_function=None, metadata={"scope": scope, "kind": kind},
                 configuration={"hnsw": {"space": "cosine"}},
             )
         else:
+            missed = self._missing.get(key)
+            if missed is not None and time.monotonic() - missed < 2.0:
+                return None  # asked very recently; another process may create it, so ask again later
             try:
                 coll = self._client.get_collection(name, embedding_function=None)
             except Exception:  # chromadb raises NotFoundError / ValueError by version
+                self._missing[key] = time.monotonic()
                 return None
-        self._collections[scope] = coll
+        self._missing.pop(key, None)
+        self._collections[key] = coll
         return coll
 
+    def _present(self, scope: str, kinds=None) -> list:
+        """The collections of ``scope`` (for ``kinds``, or every embeddable kind) that exist."""
+        found = [self._collection(scope, kind, create=False) for kind in (kinds or EMBEDDED_KINDS)]
+        return [c for c in found if c is not None]
+
     def upsert(self, scope, ids, vectors, metadatas) -> None:
-        if len(ids):
-            self._collection(scope).upsert(ids=list(ids), embeddings=np.asarray(vectors, dtype=np.float32),
-                                           metadatas=list(metadatas))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        by_kind: dict[str, list[int]] = {}
+        for i, meta in enumerate(metadatas):
+            by_kind.setdefault(meta.get("kind", "node"), []).append(i)
+        for kind, rows in by_kind.items():
+            self._collection(scope, kind).upsert(ids=[ids[i] for i in rows], embeddings=vectors[rows],
+                                                 metadatas=[metadatas[i] for i in rows])
 
     def delete(self, scope, ids) -> None:
-        coll = self._collection(scope, create=False)
-        if coll is not None and len(ids):
+        if not len(ids):
+            return
+        for coll in self._present(scope):  # a node id lives in exactly one of them; deleting absent ids is a no-op
             for i in range(0, len(ids), 5000):
                 coll.delete(ids=list(ids[i : i + 5000]))
 
     def drop_scope(self, scope) -> None:
-        self._collections.pop(scope, None)
-        try:
-            self._client.delete_collection(collection_name(scope))
-        except Exception:  # absent collection: nothing to drop
-            pass
+        for kind in EMBEDDED_KINDS:
+            self._collections.pop((scope, kind), None)
+            self._missing.pop((scope, kind), None)
+            try:
+                self._client.delete_collection(collection_name(scope, kind))
+            except Exception:  # absent collection: nothing to drop
+                pass
 
     def query(self, scope, vector, k, *, kinds=None, since=None) -> list[tuple[str, float]]:
-        coll = self._collection(scope, create=False)
-        if coll is None or k < 1:
+        if k < 1:
             return []
-        clauses: list[dict] = []
-        if kinds:
-            clauses.append({"kind": {"$in": list(kinds)}})
-        if since is not None:
-            clauses.append({"created": {"$gte": float(since)}})
-        where = clauses[0] if len(clauses) == 1 else ({"$and": clauses} if clauses else None)
-        res = coll.query(query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1), n_results=k,
-                         where=where, include=["distances"])
-        ids, dists = res["ids"][0], res["distances"][0]
-        return [(i, round(1.0 - float(d), 6)) for i, d in zip(ids, dists)]
+        where = {"created": {"$gte": float(since)}} if since is not None else None
+        q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        hits: list[tuple[str, float]] = []
+        for coll in self._present(scope, kinds):
+            res = coll.query(query_embeddings=q, n_results=k, where=where, include=["distances"])
+            hits += [(i, round(1.0 - float(d), 6)) for i, d in zip(res["ids"][0], res["distances"][0])]
+        hits.sort(key=lambda h: -h[1])
+        return hits[:k]
 
     def ids(self, scope) -> set[str]:
-        coll = self._collection(scope, create=False)
-        if coll is None:
-            return set()
         out: set[str] = set()
         page = 10_000
-        offset = 0
-        while True:
-            got = coll.get(include=[], limit=page, offset=offset)["ids"]
-            out.update(got)
-            if len(got) < page:
-                return out
-            offset += page
+        for coll in self._present(scope):
+            offset = 0
+            while True:
+                got = coll.get(include=[], limit=page, offset=offset)["ids"]
+                out.update(got)
+                if len(got) < page:
+                    break
+                offset += page
+        return out
 
     def scopes(self) -> list[str]:
-        out = []
+        out = set()
         for coll in self._client.list_collections():
             meta = getattr(coll, "metadata", None) or {}
             if coll.name.startswith("mindloop-") and "scope" in meta:
-                out.append(meta["scope"])
+                out.add(meta["scope"])
         return sorted(out)
 
     def count(self, scope=None) -> int:
         if scope is not None:
-            coll = self._collection(scope, create=False)
-            return 0 if coll is None else coll.count()
+            return sum(c.count() for c in self._present(scope))
         return sum(self.count(s) for s in self.scopes())
 
     def close(self) -> None:

@@ -161,3 +161,21 @@ def test_embedded_chroma_has_one_writer(tmp_path):
     finally:
         first.close()
     ChromaIndex(path=tmp_path / "c").close()  # released on close
+
+
+def test_every_kind_with_text_has_a_collection():
+    from graph.index import EMBEDDED_KINDS
+    from graph.records import NODE_CLASSES, Node
+
+    with_text = {k for k, cls in NODE_CLASSES.items() if cls.embed_text is not Node.embed_text}
+    assert set(EMBEDDED_KINDS) == with_text
+
+
+def test_kinds_query_only_their_collections(index):
+    v = EMB.embed(["same text", "same text"])
+    index.upsert("a", ["t1", "m1"], v, [meta("turn"), meta("memory")])
+    assert [i for i, _ in index.query("a", v[0], 5, kinds=["memory"])] == ["m1"]
+    assert {i for i, _ in index.query("a", v[0], 5)} == {"t1", "m1"}
+    assert index.ids("a") == {"t1", "m1"} and index.count("a") == 2
+    index.delete("a", ["m1"])
+    assert index.query("a", v[0], 5, kinds=["memory"]) == []
