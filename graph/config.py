@@ -84,7 +84,7 @@ class GraphConfig:
     )
     search_k: int = field(default=10, metadata={"help": "hits returned by search"})
     search_candidates: int = field(
-        default=50, metadata={"help": "candidates taken from each signal (vector, lexical) before fusion"}
+        default=20, metadata={"help": "candidates taken from each signal (vector, lexical) before fusion"}
     )
     search_hops: int = field(default=1, metadata={"help": "graph expansion hops from the top candidates; 0 = off"})
     search_expand_from: int = field(

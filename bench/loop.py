@@ -1,0 +1,238 @@
+"""Benchmark of what the agent loop adds to a chat turn (not a test).
+
+The chat model is the scripted fake, so the model's own time is excluded;
+what is left is the loop: surfacing (hybrid search over the memories),
+LangGraph's orchestration and checkpoint, and logging both turns. Measured on
+the real MiniLM embedder, with 10k memories (and 100k in full mode):
+
+- ``surface_p99_ms``: the ``surface`` step (search + packing the block);
+- ``log_p99_ms``: the ``log`` step (both turns and their ``surfaced`` edges,
+  one transaction, fsync'd). Target: <= 2 ms;
+- ``overhead_ratio``: p99 of a whole turn through the loop divided by p99 of
+  the raw work it cannot avoid, done directly: MiniLM ``encode`` of the user
+  turn + ``collection.query(n_results=k)`` on a Chroma collection with the
+  same vectors. Ours and raw alternate which runs first. Target: <= 1.25.
+
+Commands (from the repository root):
+
+    .venv/bin/python bench/loop.py --quick          # ~3 min on 2 CPU cores: 10k memories
+    .venv/bin/python bench/loop.py                  # ~15 min on 2 CPU cores: 10k and 100k memories
+    .venv/bin/python bench/loop.py --quick --json   # one JSON object on stdout
+
+Figures and machine: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from agents.backends import ScriptedBackend  # noqa: E402
+from agents.loop import ChatLoop  # noqa: E402
+from graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
+
+TOPICS = ("the deploy pipeline", "invoice exports", "the onboarding email", "unit tests", "the sales dashboard",
+          "SQL migrations", "the mobile app", "API rate limits", "the quarterly report", "the team offsite",
+          "Python type hints", "the data warehouse", "error messages", "the release notes", "code review",
+          "the budget sheet", "the search feature", "dark mode", "the CI cache", "customer tickets")
+RULES = ("when asked to {v} {t}, just {v} it; do not suggest alternatives",
+         "prefers {a} answers about {t}", "always {v} {t} in small steps and say what changed",
+         "never {v} {t} without running the checks first", "uses {a} wording in anything about {t}",
+         "was corrected for suggesting a rewrite of {t} instead of a {a} fix",
+         "wants {t} explained with one {a} example", "asked not to touch {t} when fixing something else")
+VERBS = ("rename", "refactor", "fix", "update", "review", "migrate", "document", "test", "shorten", "format")
+ADJS = ("short", "formal", "plain", "concrete", "friendly", "terse", "careful", "visual", "British", "metric")
+ASKS = ("can you {v} {t} for me", "please {v} {t} now", "{v} {t} but keep it {a}", "how should I {v} {t}?",
+        "I need you to {v} {t} today", "quick one: {v} {t}")
+
+
+def memories(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        rule = rng.choice(RULES).format(v=rng.choice(VERBS), t=rng.choice(TOPICS), a=rng.choice(ADJS))
+        out.append(f"{rule} (note {i})")
+    return out
+
+
+def user_turns(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [rng.choice(ASKS).format(v=rng.choice(VERBS), t=rng.choice(TOPICS), a=rng.choice(ADJS))
+            for _ in range(n)]
+
+
+class Precomputed(Embedder):
+    """Vectors for the corpus computed once; anything else (the user turns) goes to the real MiniLM."""
+
+    def __init__(self, real: MiniLMEmbedder, table: dict[str, np.ndarray]) -> None:
+        self.real, self.table, self.dim, self.name = real, table, real.dim, real.name
+
+    def embed(self, texts):
+        if all(t in self.table for t in texts):
+            return np.stack([self.table[t] for t in texts])
+        return self.real.embed(texts)
+
+
+class TimedLoop(ChatLoop):
+    """The loop with its surface and log steps timed."""
+
+    def __init__(self, *a, **kw) -> None:
+        self.surface_ms: list[float] = []
+        self.log_ms: list[float] = []
+        super().__init__(*a, **kw)
+
+    def _surface(self, state):
+        t = time.perf_counter()
+        out = super()._surface(state)
+        self.surface_ms.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def _log(self, state):
+        t = time.perf_counter()
+        out = super()._log(state)
+        self.log_ms.append((time.perf_counter() - t) * 1000)
+        return out
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_size(emb: MiniLMEmbedder, n: int, n_turns: int, tmp: Path, seed: int) -> dict:
+    import chromadb
+
+    texts = memories(n, seed)
+    say(f"[{n}] embedding {n} memories once ...")
+    t = time.perf_counter()
+    vecs = np.concatenate([emb.embed(texts[i:i + 2048]) for i in range(0, n, 2048)])
+    say(f"[{n}] embedded in {time.perf_counter() - t:.0f}s")
+    table = dict(zip(texts, vecs))
+
+    graph = MemoryGraph.open(GraphConfig(home=tmp / f"graph-{n}"), embedder=Precomputed(emb, table))
+    with graph.store.write():
+        for text in texts:
+            graph.add(Memory(text=text, memory_kind="lesson"))
+    assert graph.flush(timeout=3600)
+    raw_client = chromadb.PersistentClient(path=str(tmp / f"raw-{n}"),
+                                           settings=chromadb.Settings(anonymized_telemetry=False))
+    coll = raw_client.get_or_create_collection("raw", embedding_function=None,
+                                               configuration={"hnsw": {"space": "cosine"}})
+    for i in range(0, n, 5000):
+        coll.add(ids=[str(j) for j in range(i, min(n, i + 5000))], embeddings=vecs[i:i + 5000])
+
+    loop = TimedLoop(graph, ScriptedBackend(["Done."]))
+    k = loop.surfacer.config.k
+    turns = user_turns(n_turns + 20, seed + 1)
+
+    def ours(i: int, text: str) -> float:
+        t0 = time.perf_counter()
+        loop.run(f"bench-{i // 10}", text)
+        return (time.perf_counter() - t0) * 1000
+
+    def raw(text: str) -> float:
+        t0 = time.perf_counter()
+        q = emb.embed([text])
+        coll.query(query_embeddings=q, n_results=k)
+        return (time.perf_counter() - t0) * 1000
+
+    for i, text in enumerate(turns[:20]):  # warm up both
+        ours(10_000 + i, text), raw(text)
+    loop.surface_ms.clear()
+    loop.log_ms.clear()
+    ours_ms, raw_ms = [], []
+    for i, text in enumerate(turns[20:]):
+        if i % 2:
+            ours_ms.append(ours(i, text))
+            raw_ms.append(raw(text))
+        else:
+            raw_ms.append(raw(text))
+            ours_ms.append(ours(i, text))
+    surfaced = sum(len(t.meta.get("surfaced", [])) for t in graph.nodes(kind="turn", limit=200)) / 200
+    loop.close()
+    graph.close()
+    raw_client.close()
+    return {
+        "memories": n,
+        "turns": len(ours_ms),
+        "surface_p50_ms": round(pct(loop.surface_ms, 50), 2),
+        "surface_p99_ms": round(pct(loop.surface_ms, 99), 2),
+        "log_p50_ms": round(pct(loop.log_ms, 50), 3),
+        "log_p99_ms": round(pct(loop.log_ms, 99), 3),
+        "turn_p50_ms": round(pct(ours_ms, 50), 2),
+        "turn_p99_ms": round(pct(ours_ms, 99), 2),
+        "raw_p50_ms": round(pct(raw_ms, 50), 2),
+        "raw_p99_ms": round(pct(raw_ms, 99), 2),
+        "overhead_ratio": round(pct(ours_ms, 99) / pct(raw_ms, 99), 3),
+        "overhead_ratio_p50": round(pct(ours_ms, 50) / pct(raw_ms, 50), 3),
+        "memories_surfaced_per_turn": round(surfaced, 2),
+    }
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": cpu}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="What the agent loop adds to a turn (fake model, real MiniLM).")
+    parser.add_argument("--quick", action="store_true", help="10k memories only, 300 turns")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    sizes = [10_000] if args.quick else [10_000, 100_000]
+    n_turns = 300 if args.quick else 500
+    emb = MiniLMEmbedder()
+    emb.embed(["warm up"])
+    tmp = Path(tempfile.mkdtemp(prefix="mindloop-bench-loop-"))
+    try:
+        runs = {f"{n // 1000}k": bench_size(emb, n, n_turns, tmp, args.seed) for n in sizes}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    main_run = runs["10k"]
+    result = {
+        "surface_p99_ms": main_run["surface_p99_ms"],
+        "log_p99_ms": main_run["log_p99_ms"],
+        "overhead_ratio": main_run["overhead_ratio"],
+        "overhead_ratio_100k": runs.get("100k", {}).get("overhead_ratio"),
+        "runs": runs,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": machine(),
+        "command": "python bench/loop.py" + (" --quick" if args.quick else "") + (" --json" if args.json else ""),
+        "quick": args.quick,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'memories':>9} {'surface p99':>12} {'log p99':>8} {'turn p99':>9} {'raw p99':>8} {'ratio':>6} (target)")
+    for name, r in runs.items():
+        print(f"{name:>9} {r['surface_p99_ms']:>10.2f}ms {r['log_p99_ms']:>6.2f}ms {r['turn_p99_ms']:>7.2f}ms "
+              f"{r['raw_p99_ms']:>6.2f}ms {r['overhead_ratio']:>6.2f} (<= 1.25; log <= 2 ms)")
+    print(f"peak RSS {result['peak_rss_mb']} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
