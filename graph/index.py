@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -55,6 +56,16 @@ EMBEDDED_KINDS = ("turn", "memory", "flag", "pattern")
 def collection_name(scope: str, kind: str) -> str:
     """A Chroma-legal collection name for a scope's vectors of one kind ([a-zA-Z0-9._-], 3-512 chars)."""
     return f"mindloop-{hashlib.sha256(scope.encode('utf-8')).hexdigest()[:24]}-{kind}"
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _query_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=len(EMBEDDED_KINDS), thread_name_prefix="mindloop-vector")
+    return _pool
 
 
 class VectorIndex:
@@ -221,10 +232,15 @@ class ChromaIndex(VectorIndex):
             return []
         where = {"created": {"$gte": float(since)}} if since is not None else None
         q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        hits: list[tuple[str, float]] = []
-        for coll in self._present(scope, kinds):
+        colls = self._present(scope, kinds)
+
+        def one(coll) -> list[tuple[str, float]]:
             res = coll.query(query_embeddings=q, n_results=k, where=where, include=["distances"])
-            hits += [(i, round(1.0 - float(d), 6)) for i, d in zip(res["ids"][0], res["distances"][0])]
+            return [(i, round(1.0 - float(d), 6)) for i, d in zip(res["ids"][0], res["distances"][0])]
+
+        # Chroma's query releases the GIL: querying the kinds' collections side by side costs about one query
+        parts = list(_query_pool().map(one, colls)) if len(colls) > 1 else [one(c) for c in colls]
+        hits = [h for part in parts for h in part]
         hits.sort(key=lambda h: -h[1])
         return hits[:k]
 
