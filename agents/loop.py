@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence, TypedDict
 
 from agents.backends import BackendError, ChatBackend
 from agents.surface import Surfaced, Surfacer, with_memories
-from graph import Edge, MemoryGraph, Turn
+from graph import MemoryGraph, Turn
 
 __all__ = ["ChatLoop", "TurnResult", "open_checkpointer"]
 
@@ -172,12 +172,11 @@ class ChatLoop:
                               meta={"surfaced": user_meta["surfaced"]}))
         elif reply is not None:
             user_meta["error"] = "the model returned an empty reply"
-        with g.store.write() as conn:  # both turns and their surfaced edges, or nothing
+        with g.transaction():  # both turns and their surfaced edges, or nothing
             logged = g.log_turns(state["session"], turns, scope=state["scope"])
             if len(logged) == 2:
                 for s in surfaced:
-                    g.store.insert_edge(conn, Edge(src=s["id"], dst=logged[1].id, kind="surfaced",
-                                                   data={"score": s["score"]}))
+                    g.link(s["id"], logged[1].id, "surfaced", {"score": s["score"]})
         history = [*state.get("history", []), {"role": "user", "content": state["user"]}]
         if len(logged) == 2:
             history.append({"role": "assistant", "content": reply})

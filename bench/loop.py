@@ -127,7 +127,7 @@ def bench_size(emb: MiniLMEmbedder, n: int, n_turns: int, tmp: Path, seed: int) 
     table = dict(zip(texts, vecs))
 
     graph = MemoryGraph.open(GraphConfig(home=tmp / f"graph-{n}"), embedder=Precomputed(emb, table))
-    with graph.store.write():
+    with graph.transaction():
         for text in texts:
             graph.add(Memory(text=text, memory_kind="lesson"))
     assert graph.flush(timeout=3600)

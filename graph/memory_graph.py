@@ -162,6 +162,15 @@ class MemoryGraph:
         if text is not None and len(text) > self.config.embed_max_chars and hasattr(node, "meta"):
             node.meta = {**node.meta, "embed_truncated": True, "embedded_chars": self.config.embed_max_chars}
 
+    def transaction(self):
+        """A context manager grouping several writes into one transaction (all or nothing).
+
+            >>> with graph.transaction():                                   # doctest: +SKIP
+            ...     reply = graph.log_turns("s", [...])[-1]
+            ...     graph.link(memory_id, reply.id, "surfaced")
+        """
+        return self.store.write()
+
     def log_turn(self, session: str, role: str, text: str, *, scope: str | None = None, model: str | None = None,
                  checkpoint: str | None = None, latency_ms: float | None = None, meta: dict | None = None,
                  id: str | None = None, created: float | None = None) -> Turn:
