@@ -163,11 +163,11 @@ class MemoryGraph:
             node.meta = {**node.meta, "embed_truncated": True, "embedded_chars": self.config.embed_max_chars}
 
     def transaction(self):
-        """A context manager grouping several writes into one transaction (all or nothing).
+        """A context manager grouping several writes into one transaction (all or nothing)::
 
-            >>> with graph.transaction():                                   # doctest: +SKIP
-            ...     reply = graph.log_turns("s", [...])[-1]
-            ...     graph.link(memory_id, reply.id, "surfaced")
+            with graph.transaction():
+                reply = graph.log_turns("s", turns)[-1]
+                graph.link(memory_id, reply.id, "surfaced")
         """
         return self.store.write()
 
