@@ -27,9 +27,10 @@ from typing import IO, Any, Iterable, Sequence
 
 from graph.config import GraphConfig
 from graph.embed import Embedder, make_embedder
-from graph.errors import GraphError, IndexUnavailable, InvalidRecord, NodeNotFound
+from graph.errors import GraphError, IndexUnavailable, InvalidRecord, NodeNotFound, UnknownKind
 from graph.index import ChromaIndex, VectorIndex
 from graph.records import (
+    NODE_CLASSES,
     ROLES,
     Edge,
     EdgeKind,
@@ -278,8 +279,6 @@ class MemoryGraph:
     def nodes(self, *, kind: str | None = None, scope: str | None = None, session: str | None = None,
               since: float | None = None, limit: int | None = None, newest_first: bool = False) -> list[Node]:
         if kind is not None:
-            from graph.records import NODE_CLASSES, UnknownKind
-
             if kind not in NODE_CLASSES:
                 raise UnknownKind(f"unknown node kind {kind!r}; allowed: {', '.join(NODE_CLASSES)}")
         return self.store.list_nodes(scope=self.resolve_scope(scope), kind=kind, session=session, since=since, limit=limit,
@@ -303,8 +302,6 @@ class MemoryGraph:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if kinds:
-            from graph.records import NODE_CLASSES, UnknownKind
-
             bad = [x for x in kinds if x not in NODE_CLASSES]
             if bad:
                 raise UnknownKind(f"unknown node kinds {bad}; allowed: {', '.join(NODE_CLASSES)}")
