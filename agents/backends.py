@@ -253,6 +253,14 @@ class LocalBackend(ChatBackend):
         return tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
                                        return_dict=True)["input_ids"]
 
+    def response_logprob(self, messages: Messages, response: str) -> float:
+        """Mean log-probability per token of ``response`` after ``messages``, under the model in use."""
+        from trainer.scoring import response_logprob
+
+        model, tok = self.load()
+        with self._gen_lock:
+            return response_logprob(model, tok, messages, response)[0]
+
     def stream(self, messages, *, max_tokens=None, temperature=None):
         from transformers import TextIteratorStreamer
 

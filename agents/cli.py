@@ -124,7 +124,95 @@ def build_parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("import", help="load a file written by `mindloop export`", parents=[common])
     restore.add_argument("file", help="the export file ('-' for standard input)")
     restore.add_argument("--scope", help="load into this scope instead of the exported one")
+
+    detect = sub.add_parser("detect", parents=[common, model_opts],
+                            help="find corrections: --all over stored logs, --eval FILE to measure, --train to rebuild")
+    mode = detect.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--all", action="store_true",
+                      help="flag every stored (reply, next user turn) pair not yet flagged, then update patterns")
+    mode.add_argument("--eval", metavar="FILE",
+                      help="measure the detector on a labelled JSONL file: {context, response, followup, label}")
+    mode.add_argument("--train", action="store_true",
+                      help="refit the classifier on the shipped seed set's train split and save its weights")
+    mode.add_argument("--dependence", action="store_true",
+                      help="score memory dependence of recent replies that had memories surfaced (local model)")
+    detect.add_argument("--threshold", type=_fraction,
+                        help="confidence from which a follow-up is a correction (default: the trained threshold)")
+    detect.add_argument("--judge", choices=["off", "model"], help="LLM judge as a third opinion (default off)")
+    detect.add_argument("--split", choices=["train", "heldout"],
+                        help="with --eval: only lines whose 'split' is this (the seed set has both; default: all)")
+    detect.add_argument("--skip-bad", action="store_true",
+                        help="with --eval: skip malformed lines and report them (default: reject the file)")
+    detect.add_argument("--since", type=_since, help="with --all/--dependence: only turns since this time")
+    detect.add_argument("--out", help="with --train: where to write the weights (default: the shipped file)")
+
+    flags = sub.add_parser("flags", help="review flagged replies: list, show, confirm, reject, edit")
+    flags_sub = flags.add_subparsers(dest="flags_command", metavar="ACTION", required=True)
+    flist = flags_sub.add_parser("list", parents=[common], help="flags, newest first")
+    flist.add_argument("--pattern", help="only flags of this pattern (id or name)")
+    flist.add_argument("--status", choices=["new", "confirmed", "rejected"], help="only flags of this status")
+    flist.add_argument("--scope", help="scope (default: the configured scope)")
+    for action, text in (("show", "the conversation window, the flagged reply, the correction, evidence, similar "
+                                   "flags"), ("confirm", "mark a flag as a real correction (it will train)"),
+                         ("reject", "mark a flag as a false alarm (it never trains)"),
+                         ("edit", "supply the response the assistant should have given (also confirms)")):
+        p = flags_sub.add_parser(action, parents=[common], help=text)
+        p.add_argument("id", help="the flag id")
+        p.add_argument("--scope", help="scope (default: the configured scope)")
+        if action == "edit":
+            src = p.add_mutually_exclusive_group(required=True)
+            src.add_argument("--response", help="the better response, as text")
+            src.add_argument("--file", help="read the better response from this UTF-8 file ('-' = stdin)")
+
+    patterns = sub.add_parser("patterns", parents=[common], help="patterns of flags, with counts over time")
+    patterns.add_argument("--rebuild", action="store_true", help="recompute similarity edges and communities first")
+    patterns.add_argument("--scope", help="scope (default: the configured scope)")
+
+    compose = sub.add_parser("compose", parents=[common, model_opts],
+                             help="build a pattern's balanced training examples (accept, push-back, general)")
+    compose.add_argument("--pattern", required=True, help="the pattern (id or name)")
+    compose.add_argument("--out", help="write TRL JSONL here (and .pairs/.kto/.heldout beside it); "
+                                       "default: store in the graph only")
+    compose.add_argument("--general-ratio", type=_ratio, help="share of general replay in the set (default 0.25)")
+    compose.add_argument("--pushback-ratio", type=_non_negative_float,
+                         help="push-back examples per accept example (default 0.33; 0 = none)")
+    compose.add_argument("--heldout-ratio", type=_ratio, help="share of each kind held out (default 0.2)")
+    compose.add_argument("--no-model", action="store_true",
+                         help="do not run the chat model: no generated replies; general replay uses reference answers")
+    compose.add_argument("--include-trained", action="store_true", help="reuse examples a run already trained on")
     return parser
+
+
+def _fraction(value: str) -> float:
+    """A number strictly between 0 and 1."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 < x < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return x
+
+
+def _ratio(value: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 <= x < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0 and below 1")
+    return x
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return x
 
 
 def _open_graph(args: argparse.Namespace):
@@ -256,17 +344,43 @@ def _cmd_import(args) -> int:
     return 0
 
 
-def _open_loop(args, g):
+def _open_backend(args, g):
     from agents.backends import ModelConfig, make_backend
-    from agents.loop import ChatLoop
-    from agents.surface import SurfaceConfig, Surfacer
     from graph import load_config
 
     model_cfg = load_config(ModelConfig, "model", file=args.config,
                             overrides={"model": args.model, "upstream": args.upstream, "max_tokens": args.max_tokens})
+    return make_backend(model_cfg, checkpoints=g.config.home / "checkpoints")
+
+
+def _signal_config(args):
+    from agents.signal import SignalConfig
+    from graph import load_config
+
+    return load_config(SignalConfig, "signal", file=args.config,
+                       overrides={"threshold": getattr(args, "threshold", None), "judge": getattr(args, "judge", None)})
+
+
+def _detector(args, embedder, backend=None):
+    from agents.detect import Detector
+    from agents.judge import LLMJudge
+
+    cfg = _signal_config(args)
+    judge = LLMJudge(backend) if cfg.judge == "model" and backend is not None else None
+    return Detector.load(embedder, threshold=cfg.threshold, judge=judge), cfg
+
+
+def _open_loop(args, g):
+    from agents.loop import ChatLoop
+    from agents.signal import SignalAgent
+    from agents.surface import SurfaceConfig, Surfacer
+    from graph import load_config
+
     surface_cfg = load_config(SurfaceConfig, "surface", file=args.config)
-    backend = make_backend(model_cfg, checkpoints=g.config.home / "checkpoints")
-    return ChatLoop(g, backend, surfacer=Surfacer(g, surface_cfg))
+    backend = _open_backend(args, g)
+    detector, cfg = _detector(args, g.embedder, backend)
+    agent = SignalAgent(g, detector, cfg)
+    return ChatLoop(g, backend, surfacer=Surfacer(g, surface_cfg), on_pair=agent.on_pair)
 
 
 def _cmd_chat(args) -> int:
@@ -304,6 +418,197 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_detect(args) -> int:
+    if args.eval or args.train:
+        return _detect_offline(args)
+    with _open_graph(args) as g:
+        g.flush(timeout=600)
+        if args.dependence:
+            from agents.dependence import score_turns
+
+            backend = _open_backend(args, g)
+            try:
+                scored = score_turns(g, backend, scope=args.scope, since=args.since)
+            finally:
+                backend.close()
+            human = "\n".join(f"{d['score']:+.3f}  {d['turn']}  ({d['session']})" for d in scored)
+            _print(args, {"scored": scored}, f"scored {len(scored)} repl(ies) for memory dependence\n" + human)
+            return 0
+        from agents.patterns import describe, update_patterns
+        from agents.signal import SignalAgent
+
+        backend = _open_backend(args, g) if (args.judge or _signal_config(args).judge) == "model" else None
+        detector, cfg = _detector(args, g.embedder, backend)
+        agent = SignalAgent(g, detector, cfg)
+        found = agent.detect_all(scope=args.scope, since=args.since)
+        patterns = update_patterns(g, g.embedder, scope=args.scope, config=cfg)
+        summary = [describe(g, p) for p in patterns]
+    out = {"pairs": found["pairs"], "skipped": found["skipped"], "threshold": detector.threshold,
+           "flags": [f.to_json() for f in found["flags"]], "patterns": summary}
+    lines = [f"scored {found['pairs']} reply/follow-up pair(s) (threshold {detector.threshold:.2f}); "
+             f"{len(found['flags'])} new flag(s); {found['skipped']} already flagged"]
+    for f in found["flags"]:
+        lines.append(f"  {f.id}  {f.type:<22} {f.confidence:.2f}  {_snippet(f.reason.split(' || ')[0], 60)}")
+    lines.append(f"{len(summary)} pattern(s)")
+    for p in summary:
+        lines.append(f"  {p['id']}  {p['flags']} flag(s)  {p['name']}")
+    _print(args, out, "\n".join(lines))
+    return 0
+
+
+def _snippet(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _detect_offline(args) -> int:
+    from agents.detect import evaluate, read_pairs, seed_path, seed_pairs, shipped_weights_path, train
+    from graph import GraphConfig, load_config, make_embedder
+
+    embedder = make_embedder(load_config(GraphConfig, "graph", file=args.config).embedder)
+    if args.train:
+        import hashlib
+
+        weights = train(seed_pairs("train"), embedder,
+                        seed_sha256=hashlib.sha256(seed_path().read_bytes()).hexdigest())
+        out = args.out or str(shipped_weights_path())
+        weights.save(out)
+        m = weights.meta
+        _print(args, {"out": out, **m}, f"trained on {m['n']} seed pairs with {m['embedder']}: threshold "
+                                        f"{m['threshold']:.2f} (cross-validated precision {m['cv_precision']:.3f}, "
+                                        f"recall {m['cv_recall']:.3f}); weights in {out}")
+        return 0
+    pairs, problems = read_pairs(args.eval, skip_bad=args.skip_bad)
+    if args.split:
+        pairs = [p for p in pairs if p.split == args.split]
+        if not pairs:
+            from graph import InvalidRecord
+
+            raise InvalidRecord(f"{args.eval}: no line has split {args.split!r}")
+    detector, _ = _detector(args, embedder)
+    m = evaluate(detector, pairs)
+    if problems:
+        m["skipped_lines"] = problems
+        if not args.json:
+            print(f"skipped {len(problems)} bad line(s):\n  " + "\n  ".join(problems), file=sys.stderr)
+    c = m["confusion"]
+    human = (f"{args.eval}: {m['n']} pair(s); embedder {m['embedder']}, threshold {m['threshold']:.2f}\n"
+             f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}"
+             + (f"  (type accuracy {m['type_accuracy']:.3f})" if m["type_accuracy"] is not None else "") + "\n"
+             f"                 predicted yes  predicted no\n"
+             f"  correction     {c['tp']:>13}  {c['fn']:>12}\n"
+             f"  not            {c['fp']:>13}  {c['tn']:>12}")
+    _print(args, m, human)
+    return 0
+
+
+def _signal_agent(args, g):
+    from agents.signal import SignalAgent
+
+    detector, cfg = _detector(args, g.embedder)
+    return SignalAgent(g, detector, cfg)
+
+
+def _cmd_flags(args) -> int:
+    from agents.dependence import candidates
+    from agents.patterns import resolve_pattern
+
+    with _open_graph(args) as g:
+        agent = _signal_agent(args, g)
+        action = args.flags_command
+        if action == "list":
+            pattern = resolve_pattern(g, args.pattern, args.scope).id if args.pattern else None
+            flags = agent.flags(scope=args.scope, status=args.status, pattern=pattern)
+            member = {f.id: [e.dst for e in g.edges(f.id, kinds=["member_of"], direction="out")] for f in flags}
+            deps = candidates(g, scope=args.scope)
+            data = {"flags": [{**f.to_json(), "patterns": member[f.id]} for f in flags], "memory_dependent": deps}
+            lines = [f"{len(flags)} flag(s)"]
+            for f in flags:
+                lines.append(f"  {f.id}  {f.status:<9} {f.type:<22} {f.confidence:.2f}  "
+                             f"{_snippet(f.reason.split(' || ')[0], 50)}")
+            if deps:
+                lines.append(f"{len(deps)} memory-dependent repl(ies) (candidates to train):")
+                lines += [f"  {d['turn']}  {d['score']:+.2f}  {_snippet(d['text'], 50)}" for d in deps]
+            _print(args, data, "\n".join(lines))
+            return 0
+        if action == "show":
+            info = agent.show(args.id, scope=args.scope)
+            f = info["flag"]
+            lines = [f"flag {f['id']}  {f['status']}  {f['type']}  confidence {f['confidence']:.2f}",
+                     "conversation before:"]
+            lines += [f"  {t['role']:>9}: {_snippet(t['text'], 100)}" for t in info["window"]]
+            lines += [f"flagged reply: {info['flagged']}", f"correction:    {info['correction']}"]
+            if info["reply_after_correction"]:
+                lines.append(f"reply after:   {info['reply_after_correction']}")
+            if f.get("better_response"):
+                lines.append(f"better response (edited): {f['better_response']}")
+            lines.append("evidence:")
+            lines += [f"  {e}" for e in f["evidence"]]
+            if info["similar"]:
+                lines.append("similar flags:")
+                lines += [f"  {s['id']}  {s['score']:.2f}  {_snippet(s['correction'], 60)}" for s in info["similar"]]
+            _print(args, info, "\n".join(lines))
+            return 0
+        if action == "edit":
+            text = args.response if args.response is not None else "\n".join(_read_lines(args.file))
+            flag = agent.edit(args.id, text, scope=args.scope)
+        else:
+            flag = (agent.confirm if action == "confirm" else agent.reject)(args.id, scope=args.scope)
+    _print(args, flag.to_json(), f"flag {flag.id} is {flag.status}")
+    return 0
+
+
+def _cmd_patterns(args) -> int:
+    from agents.patterns import describe, update_patterns
+
+    with _open_graph(args) as g:
+        if args.rebuild:
+            update_patterns(g, g.embedder, scope=args.scope, config=_signal_config(args))
+        patterns = [describe(g, p) for p in g.nodes(kind="pattern", scope=args.scope) if p.status != "empty"]
+    patterns.sort(key=lambda p: -p["flags"])
+    lines = [f"{len(patterns)} pattern(s)"]
+    for p in patterns:
+        status = ", ".join(f"{k} {v}" for k, v in sorted(p["by_status"].items()))
+        weeks = " ".join(str(n) for n in p["per_week"])
+        lines.append(f"  {p['id']}  {p['name']}\n      {p['flags']} flag(s) ({status}); per week, oldest first: {weeks}")
+    _print(args, {"patterns": patterns}, "\n".join(lines))
+    return 0
+
+
+def _cmd_compose(args) -> int:
+    from agents.compose import ComposeConfig, compose, write_jsonl
+    from agents.patterns import resolve_pattern
+    from graph import load_config
+
+    cfg = load_config(ComposeConfig, "compose", file=args.config,
+                      overrides={"general_ratio": args.general_ratio, "pushback_ratio": args.pushback_ratio,
+                                 "heldout_ratio": args.heldout_ratio,
+                                 "include_trained": True if args.include_trained else None})
+    with _open_graph(args) as g:
+        pattern = resolve_pattern(g, args.pattern, args.scope)
+        backend = None if args.no_model else _open_backend(args, g)
+        try:
+            detector, _ = _detector(args, g.embedder)
+            made = compose(g, pattern, embedder=g.embedder, backend=backend, detector=detector, config=cfg)
+        finally:
+            if backend is not None:
+                backend.close()
+        files = write_jsonl(made.examples, args.out) if args.out else {}
+    counts = {**made.counts(), "files": files}
+    lines = [f"pattern {pattern.id} ({pattern.name}): {counts['total']} example(s)",
+             "  kind       train  heldout"]
+    for kind, n in counts["kinds"].items():
+        lines.append(f"  {kind:<9} {n['train']:>6}  {n['heldout']:>7}")
+    lines.append(f"  preference pairs {counts['preference_pairs']}; near-duplicates dropped "
+                 f"{counts['dropped_duplicates']}; already trained {counts['skipped_trained']}; flags without a "
+                 f"better response {counts['skipped_flags']}")
+    lines.append("  sources: " + ", ".join(f"{k} {v}" for k, v in sorted(counts["sources"].items())))
+    for k, v in files.items():
+        lines.append(f"  wrote {k}: {v}")
+    _print(args, counts, "\n".join(lines))
+    return 0
+
+
 _COMMANDS = {
     ("log", "import"): _cmd_log_import,
     ("search", None): _cmd_search,
@@ -313,19 +618,29 @@ _COMMANDS = {
     ("import", None): _cmd_import,
     ("chat", None): _cmd_chat,
     ("serve", None): _cmd_serve,
+    ("detect", None): _cmd_detect,
+    ("flags", "list"): _cmd_flags,
+    ("flags", "show"): _cmd_flags,
+    ("flags", "confirm"): _cmd_flags,
+    ("flags", "reject"): _cmd_flags,
+    ("flags", "edit"): _cmd_flags,
+    ("patterns", None): _cmd_patterns,
+    ("compose", None): _cmd_compose,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    action = getattr(args, "log_command", None) or getattr(args, "graph_command", None)
+    action = (getattr(args, "log_command", None) or getattr(args, "graph_command", None)
+              or getattr(args, "flags_command", None))
     handler = _COMMANDS[(args.command, action)]
+    from agents.backends import BackendError
     from graph import GraphError
 
     try:
         return handler(args)
-    except GraphError as e:
+    except (GraphError, BackendError) as e:
         print(f"mindloop: error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:

@@ -78,10 +78,12 @@ _BENIGN = [
     ("thanks", r"^\W*(thanks|thank you|thx|ty\b|cheers|great|perfect|awesome|nice|lovely|good|cool|excellent|"
                r"brilliant|amazing|wonderful|that works|works|that'?s (great|perfect|it|what i wanted|helpful)|"
                r"looks (good|great)|not bad|spot on|exactly|yes|yep|yup|ok(ay)?,? (great|thanks|cool|good)|"
-               r"got it|makes sense|you'?re right|fair|right)\b"),
+               r"got it|makes sense|you'?re right|fair|right|good (catch|call|point)|agreed|"
+               r"ok(ay)?\b(?![^.!?]*\bbut\b))\b"),
     ("no_worries", r"\bno (worries|problem|rush|need to apologi[sz]e)\b"),
     ("new_request", r"^\W*(now|next|also|and|then|one more|another|can you also|could you also|please also|"
-                    r"(great|thanks|perfect|ok(ay)?|cool|nice|good)[,!.]* (now|next|also|can|could|please)|"
+                    r"(great|thanks|perfect|ok(ay)?|cool|nice|good|lovely)[,!.]* (and|now|next|also|can|could|"
+                    r"please|what about|how about)|"
                     r"while you'?re at it|separately|unrelated)\b|\bdon'?t forget to (also )?"),
     ("question", r"^\W*(why|how|what|when|where|which|who|is there|is it|does|do|can|could|would|should|will)\b"
                  r"[^?]*\?\W*$"),

@@ -250,6 +250,7 @@ class Example(Node):
     completion: str = ""
     rejected: str | None = None  # the flagged response, for preference pairs
     split: str = "train"  # train | heldout
+    source: str = ""  # where the completion came from: edited | accepted_reply | generated | scenario | ...
 
     def to_messages(self) -> list[dict[str, str]]:
         return [*self.prompt, {"role": "assistant", "content": self.completion}]

@@ -138,8 +138,12 @@ class GraphView:
         except nx.NetworkXNoPath:
             return []
 
-    def communities(self, scope: str, kinds: Iterable[str] | None = None, seed: int = 0) -> list[set[str]]:
-        """Louvain communities of one scope's nodes (optionally of some kinds), largest first."""
+    def communities(self, scope: str, kinds: Iterable[str] | None = None, seed: int = 0,
+                    resolution: float = 1.0) -> list[set[str]]:
+        """Louvain communities of one scope's nodes (optionally of some kinds), largest first.
+
+        ``resolution`` below 1 favours fewer, larger communities (networkx's Louvain parameter).
+        """
         g = self.sync()
         wanted = set(kinds) if kinds is not None else None
         members = [n for n, a in g.nodes(data=True)
@@ -147,5 +151,5 @@ class GraphView:
         sub = nx.Graph(g.subgraph(members).to_undirected(as_view=True))
         if sub.number_of_nodes() == 0:
             return []
-        found = nx.community.louvain_communities(sub, seed=seed)
+        found = nx.community.louvain_communities(sub, seed=seed, resolution=resolution)
         return sorted((set(c) for c in found), key=len, reverse=True)

@@ -11,7 +11,8 @@ import pytest
 from agents.cli import build_parser, main
 
 SUBCOMMANDS = [[], ["log"], ["log", "import"], ["search"], ["graph"], ["graph", "stats"], ["forget"], ["export"],
-               ["import"], ["chat"], ["serve"]]
+               ["import"], ["chat"], ["serve"], ["detect"], ["flags"], ["flags", "list"], ["flags", "show"],
+               ["flags", "confirm"], ["flags", "reject"], ["flags", "edit"], ["patterns"], ["compose"]]
 
 CONVERSATIONS = [
     {"session": "s1", "messages": [
@@ -133,4 +134,5 @@ def test_console_script_entry_point(home):
 
 def test_parser_lists_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import", "chat", "serve"}
+    assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import", "chat", "serve", "detect",
+                                "flags", "patterns", "compose"}
