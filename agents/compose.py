@@ -108,17 +108,13 @@ def general_prompts() -> list[dict[str, Any]]:
     return _read_shipped("general_prompts.jsonl")
 
 
-_PUSHBACK = re.compile(r"\b(i won'?t|i wouldn'?t|i'?d push back|i'?d advise against|i (can'?t|cannot) (do|recommend)|"
-                       r"i'?d recommend against|that would (delete|destroy|wipe|expose|break|remove)|not safe|"
-                       r"unsafe|dangerous|insecure|before (we|you) do that|i'?d rather not|instead,? (store|use|"
-                       r"remove|run))\b", re.IGNORECASE)
 _AGREES = re.compile(r"^\W*(ok(ay)?|right|fair|good (catch|point)|you'?re right|true|makes sense|agreed|sure|"
                      r"fine|yes|yep|got it|good call)\b", re.IGNORECASE)
 
 
 def is_pushback(text: str) -> bool:
-    """Does an assistant reply push back on the user's direction?"""
-    return bool(_PUSHBACK.search(text))
+    """Does an assistant reply push back on the user's direction? (the ``response_pushback`` rule)"""
+    return apply_rules("", text, "").pushback
 
 
 def _messages(turns: Sequence[Turn]) -> list[dict[str, str]]:

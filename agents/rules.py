@@ -35,11 +35,14 @@ _CORRECTION = [
                   r"hmm+,? no\b|erm?,? no\b|ugh\b)"),
     ("i_said", r"\b(i (just )?(said|asked|told you|wanted|specified|mentioned|requested|explicitly)|"
                r"as i (said|asked|mentioned)|like i said|i already (said|told)|i did(n'?t| not) (ask|want|say)|"
-               r"i never (asked|said|wanted)|what i asked|i told you)\b"),
+               r"i never (asked|said|wanted)|what i asked|i told you|remember\?)"),
     ("not_what", r"\b(not what i (asked|wanted|meant|said|need)|that'?s not it|not the point|missed the point|"
                  r"you (didn'?t|did not|ignored|forgot|skipped|left out|missed)|doesn'?t answer|"
                  r"didn'?t answer|not (helpful|useful|right|correct|true|accurate)|"
-                 r"that'?s not (right|correct|true|accurate|helpful))\b"),
+                 r"that'?s not (right|correct|true|accurate|helpful)|not (really )?an answer|other way around|"
+                 r"(the )?(exact )?same (sentence|thing|text|answer) (i|as)|you just (gave|repeated|copied)|"
+                 r"(cuts?|cut) off|(doesn'?t|does not|won'?t) (even )?(parse|compile|run)|runs forever|"
+                 r"never gets|moved the bug|(that|this|it) removes)\b"),
     ("stop_alternatives", r"\b((stop|quit|don'?t|do not|no need to|please don'?t) (suggest|recommend|offer|propose|"
                           r"push|lectur|second-guess|question)\w*|no (alternatives|suggestions|other options|"
                           r"lectures?)|without (the )?(suggest|alternativ|lectur)\w*|(i )?(don'?t|do not) want "
@@ -53,18 +56,22 @@ _CORRECTION = [
                 r"it'?s actually|is actually|are actually|was actually|actually,? (it|that|the|this|python|"
                 r"there)\b.*\b(is|are|was|were|isn'?t|doesn'?t|has|does)|in fact|off by (one|a|an)|"
                 r"should be \S+ not|mistake|miscalculat|wrong (answer|number|result|year|date|total|sum)|"
-                r"doesn'?t (exist|work that way)|there is no|there'?s no such|(it|that) (won'?t|doesn'?t|"
+                r"doesn'?t (exist|work that way)|there is no|isn'?t (that|it) a myth|\bthough\W*$|though\?|"
+                r"there'?s no such|(it|that) (won'?t|doesn'?t|"
                 r"can'?t) (work|compile|run)|(throws|raises|gives) an? (error|exception))\b"),
     ("format", r"\b(too (long|short|verbose|wordy|formal|casual|much|many|detailed|brief)|way too|shorter|"
                r"longer|more concise|one (line|sentence|paragraph|word)|in (a )?(bullet|table|list)|"
                r"bullet points|as (a )?(list|table|json|csv|yaml|markdown)|only the (code|query|answer|command|"
                r"result|number)|just the (code|query|answer|command|result|number)|no (explanation|preamble|"
-               r"intro)|under \d+ words|\d+ words|(plain|single) (text|line)|format)\b"),
+               r"intro)|under \d+ words|\d+ words|(plain|single) (text|line)|format|"
+               r"(\d+|one|two|three|four|five) (lines?|sentences?|bullets?|items?|words?),? (max|tops|at most|please)|"
+               r"max(imum)?\W*$|one (item|thing) per line|actual (checklist|list|table))\b"),
     ("scope", r"\b((didn'?t|did not|never) ask (you )?(to|for)|why did you (change|touch|add|remove|delete|"
               r"rewrite|rename|modify|include|move|book|reorder|drop)|i only (wanted|asked|needed|said)|"
               r"only (asked|wanted)|leave \w+( \w+)? alone|(don'?t|do not) touch|you (changed|removed|deleted|"
               r"rewrote|added|renamed|modified|dropped|moved|reformatted|also)\b|revert|undo|put (it|them) back|"
-              r"nobody asked|not asked for|beyond what)"),
+              r"nobody asked|not asked for|beyond what|(was|is)(n'?t| not) part of (this|the|it)|was all i (needed|wanted|"
+              r"asked)|i just (needed|wanted|need|want) the)"),
     ("misunderstood", r"\b(i meant|i mean\b|i was (asking|talking|referring)|not that one|the other (one|file|"
                       r"function|column|table)|misunderstood|misread|wrong (file|one|function|column|table|city|"
                       r"person|language|version)|you (got|read) (it|that|me) wrong|i was(n'?t| not) asking|"
@@ -75,11 +82,13 @@ _CORRECTION = [
 
 # Cues that point the other way: acceptance, a new request, a question, someone else.
 _BENIGN = [
-    ("thanks", r"^\W*(thanks|thank you|thx|ty\b|cheers|great|perfect|awesome|nice|lovely|good|cool|excellent|"
+    ("thanks", r"^\W*(?![^.!?]*\bbut\b)(thanks|thank you|thx|ty\b|cheers|great|perfect|awesome|nice|nailed it|"
+               r"lovely|good|cool|excellent|"
                r"brilliant|amazing|wonderful|that works|works|that'?s (great|perfect|it|what i wanted|helpful)|"
                r"looks (good|great)|not bad|spot on|exactly|yes|yep|yup|ok(ay)?,? (great|thanks|cool|good)|"
                r"got it|makes sense|you'?re right|fair|right|good (catch|call|point)|agreed|"
                r"ok(ay)?\b(?![^.!?]*\bbut\b))\b"),
+    ("thanks_end", r"^(?!.*\bbut\b).*\b(thanks|thank you|thx|ty)\W*$"),
     ("no_worries", r"\bno (worries|problem|rush|need to apologi[sz]e)\b"),
     ("new_request", r"^\W*(now|next|also|and|then|one more|another|can you also|could you also|please also|"
                     r"(great|thanks|perfect|ok(ay)?|cool|nice|good|lovely)[,!.]* (and|now|next|also|can|could|"
@@ -89,9 +98,14 @@ _BENIGN = [
                  r"[^?]*\?\W*$"),
     ("other_party", r"\b(my|our|the) (boss|colleague|manager|friend|teacher|linter|coworker|co-worker|team|"
                     r"teammate|wife|husband|partner|mom|mum|dad|docs|article|blog|book|website|compiler|"
-                    r"reviewer|tutor|professor|doctor|client|customer|ide|tool|stack ?overflow)\b|"
+                    r"reviewer|tutor|professor|doctor|client|customer|ide|tool|stack ?overflow|roommate|"
+                    r"co-?founder|intern|textbook|guide|tutorial|course|forum|thread|recruiter|reddit|sister|"
+                    r"brother|neighbou?r|landlord|coach|old \w+( \w+)?|previous \w+)\b|google translate|\w+'s version|"
                     r"\b(someone|somebody|they|he|she|people) (say|says|said|think|thinks|thought|claim|claims|"
                     r"told|insist|insists)\b|false positive"),
+    ("agree", r"^\W*(no,? )?(point taken|you'?re right|you are right|fair (point|enough)|good (catch|point|call)|"
+              r"agreed|makes sense|that makes sense|true|yikes|ok(ay)?,? (then|fine|fair)|understood|noted|"
+              r"right,)\b"),
     ("refine_own", r"^\W*(actually|oh|wait|hmm)[,. ]+(also|make it|let'?s|can you|could you|change|use|i'?d like|"
                    r"i want|add)\b|i changed my mind|on second thought|change of plans?|let'?s (go with|make it)|"
                    r"i forgot to (mention|say)"),
@@ -99,6 +113,10 @@ _BENIGN = [
 
 # Cues in the assistant's response that make some corrections likely.
 _RESPONSE = [
+    ("response_pushback", r"\b(i won'?t|i wouldn'?t|i'?d push back|i'?d advise against|i (can'?t|cannot) "
+                          r"(do|recommend|help)|i'?d recommend against|i'?d rather not|that would (delete|destroy|"
+                          r"wipe|expose|break|remove|leak)|not safe|unsafe|dangerous|insecure|risky|not a good idea|"
+                          r"before (we|you) do that|instead,? (store|use|remove|run|keep)|a safer)\b"),
     ("response_alternatives", r"\b(alternatively|you could also|you might (want|prefer|consider)|have you "
                               r"(considered|thought)|another option|other options|or maybe|consider (using|a|an)|"
                               r"instead,? (you|i|we) (could|might|would)|might be better|would be better|"
@@ -137,6 +155,11 @@ class RuleResult:
     evidence: list[str] = field(default_factory=list)
     type_hint: str | None = None
     features: list[float] = field(default_factory=list)
+
+    @property
+    def pushback(self) -> bool:
+        """Did the assistant's response push back on the user's direction?"""
+        return "response_pushback" in self.families
 
     @property
     def correction_cues(self) -> int:

@@ -2,9 +2,10 @@
 
     make demo                       # or: .venv/bin/python examples/00_demo.py [--home DIR]
 
-Expected runtime: about 1 minute on 2 CPU cores (loading MiniLM and SmolLM2). Offline.
+Expected runtime: about 2 minutes on 2 CPU cores (loading MiniLM and SmolLM2, generating replay answers).
+Offline.
 
-Today (memory graph and agent loop landed):
+Today (memory graph, agent loop and training-signal agent landed):
 
 1. the scripted conversations in ``examples/data/conversations.jsonl`` are
    logged into a fresh memory graph with the bundled all-MiniLM-L6-v2
@@ -14,7 +15,16 @@ Today (memory graph and agent loop landed):
 2. a lesson memory is stored and a short scripted chat runs through the
    agent loop (surface -> respond -> log -> signal) with the bundled
    SmolLM2-135M-Instruct: each reply streams, and the demo shows what was
-   surfaced into the context and what was logged.
+   surfaced into the context and what was logged; the loop's ``signal`` hook
+   flags the scripted correction as it happens;
+3. the training-signal agent runs over the scripted conversations in
+   ``examples/data/corrections.jsonl`` (28 of them are one failure: the
+   assistant suggests alternatives instead of doing what was clearly asked):
+   it flags the corrections with their type, confidence and evidence, groups
+   the flags into patterns, confirms the confident ones (standing in for a
+   reviewer: ``signal.auto_confirm_above = 0.9``) and composes the pattern's
+   balanced examples (accept, push-back, general replay answered by the
+   bundled model), printing the counts by kind.
 
 Each run starts from a fresh data directory (``./demo-data`` unless
 ``--home`` is given; its old contents are removed), so re-running is safe.
@@ -38,6 +48,7 @@ from graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
 from graph.conversations import import_conversations  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "conversations.jsonl"
+CORRECTIONS = ROOT / "examples" / "data" / "corrections.jsonl"
 console = Console(highlight=False)
 
 
@@ -62,11 +73,12 @@ def show_hits(graph: MemoryGraph, query: str, **kw) -> None:
 
 SCRIPTED_CHAT = [
     "Rename the variable tmp to total in this line: tmp = a + b",
+    "No, I asked you to just rename it. Don't suggest anything else.",
     "What is the capital of France?",
 ]
 
 
-def chat_through_the_loop(graph: MemoryGraph) -> None:
+def chat_through_the_loop(graph: MemoryGraph, agent):
     from agents.backends import LocalBackend
     from agents.loop import ChatLoop, TurnResult
 
@@ -78,7 +90,7 @@ def chat_through_the_loop(graph: MemoryGraph) -> None:
     backend = LocalBackend("bundled", checkpoints=graph.config.home / "checkpoints")
     backend.load()
     console.print(f"loaded {backend.model_id} in {time.perf_counter() - t:.1f}s")
-    loop = ChatLoop(graph, backend)
+    loop = ChatLoop(graph, backend, on_pair=agent.on_pair)
     try:
         for text in SCRIPTED_CHAT:
             console.print(f"[bold]user>[/] {text}")
@@ -92,12 +104,62 @@ def chat_through_the_loop(graph: MemoryGraph) -> None:
             console.print()
             surfaced = ", ".join(f"({s['kind']}) {s['text'][:50]}…" for s in result.surfaced) or "nothing"
             console.print(f"  [dim]surfaced: {surfaced}; reply in {result.latency_ms:.0f} ms[/]")
+            flagged = [e.src for e in graph.edges(result.user_turn, kinds=["corrects"], direction="out")]
+            if flagged:
+                flag = agent.flags()[0]
+                console.print(f"  [yellow]signal: this turn corrects the previous reply -> flag {flag.id[:13]}… "
+                              f"({flag.type}, confidence {flag.confidence:.2f})[/]")
         turns = graph.session_turns("demo-chat")
         console.print(f"logged {len(turns)} turns in session demo-chat: "
                       + ", ".join(f"{t.role}#{t.index}" for t in turns)
                       + f"; surfaced edges from the lesson: {len(graph.edges(lesson.id, kinds=['surfaced']))}")
     finally:
         loop.close()
+    return backend
+
+
+def training_signal(graph: MemoryGraph, agent, backend) -> None:
+    from collections import Counter
+
+    from agents.compose import compose
+    from agents.patterns import describe, update_patterns
+
+    report = import_conversations(graph, CORRECTIONS.read_text(encoding="utf-8").splitlines())
+    console.print(f"logged {report.conversations} more scripted conversations from {CORRECTIONS.name}")
+    t = time.perf_counter()
+    found = agent.detect_all()
+    flags = agent.flags()
+    console.print(f"detect --all: scored {found['pairs']} reply/follow-up pairs in {time.perf_counter() - t:.1f}s "
+                  f"(threshold {agent.detector.threshold:.2f}); {len(flags)} flags: "
+                  + ", ".join(f"{k} {v}" for k, v in Counter(f.type for f in flags).most_common()))
+    table = Table(title="a few flags (mindloop flags list / flags show ID)", title_justify="left")
+    for col in ("type", "conf", "status", "correction", "evidence"):
+        table.add_column(col, overflow="fold")
+    for f in flags[:5]:
+        table.add_row(f.type, f"{f.confidence:.2f}", f.status, f.reason.split(" || ")[0][:60],
+                      "; ".join(e for e in f.evidence[:2])[:70])
+    console.print(table)
+    patterns = update_patterns(graph, agent.detector.embedder, config=agent.config)
+    for p in patterns:
+        d = describe(graph, p)
+        console.print(f"pattern {p.id[:16]}…  [bold]{p.name}[/]: {d['flags']} flags "
+                      f"({', '.join(f'{k} {v}' for k, v in sorted(d['by_status'].items()))})")
+    if not patterns:
+        console.print("[red]no pattern found[/]")
+        return
+    top = patterns[0]
+    t = time.perf_counter()
+    made = compose(graph, top, embedder=agent.detector.embedder, backend=backend, detector=agent.detector)
+    counts = made.counts()
+    table = Table(title=f"compose --pattern {top.id[:16]}… ({time.perf_counter() - t:.0f}s)", title_justify="left")
+    for col in ("kind", "train", "held out"):
+        table.add_column(col)
+    for kind, n in counts["kinds"].items():
+        table.add_row(kind, str(n["train"]), str(n["heldout"]))
+    console.print(table)
+    console.print(f"{counts['total']} examples, {counts['preference_pairs']} preference pairs; sources: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(counts["sources"].items()))
+                  + f"; near-duplicates dropped {counts['dropped_duplicates']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"forget --session rename-1: {removed} nodes removed; searching for it again finds "
                       f"{len(left)} of them")
 
+        from agents.detect import Detector
+        from agents.signal import SignalAgent, SignalConfig
+
+        agent = SignalAgent(graph, Detector.load(graph.embedder), SignalConfig(auto_confirm_above=0.9))
         console.rule("[bold]the agent loop: surface -> respond -> log -> signal (bundled SmolLM2-135M)")
-        chat_through_the_loop(graph)
+        backend = chat_through_the_loop(graph, agent)
+
+        console.rule("[bold]the training-signal agent: detect -> flag -> pattern -> compose")
+        training_signal(graph, agent, backend)
+        backend.close()
 
     console.rule()
     console.print(f"done in {time.perf_counter() - started:.1f}s. Try it yourself:")
@@ -145,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop graph stats")
     console.print("  .venv/bin/mindloop chat --session mine        # terminal chat, same loop")
     console.print("  .venv/bin/mindloop serve --port 8000          # OpenAI-compatible proxy")
-    console.print("Coming with the next issues: correction detection, training, the observer and the scheduler.")
+    console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop flags list    # review: flags show|confirm|reject|edit")
+    console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop patterns")
+    console.print("  .venv/bin/mindloop detect --eval agents/data/seed.jsonl --split heldout")
+    console.print("Coming with the next issues: training, the observer and the scheduler.")
     return 0
 
 

@@ -33,5 +33,8 @@ def test_example_runs(path, tmp_path):
     if path.name == "00_demo.py":
         assert "searching for it again finds 0 of them" in text
         assert "ClickHouse" in text  # bob's scope answers bob's question
+        assert "signal: this turn corrects the previous reply" in text
+        assert "pattern pattern_" in text and "unwanted alternatives" in text
+        assert "compose --pattern" in text and "accept" in text and "pushback" in text and "general" in text
     else:
         assert "neighbours of the correction: True" in text

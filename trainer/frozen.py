@@ -1,0 +1,69 @@
+"""The context-frozen gradient: the context runs without gradient, only the response runs with it.
+
+For a prompt ``p`` (the conversation, rendered by the chat template) and a
+response ``r``, the ordinary response-only loss runs the whole sequence
+``p + r`` with gradient and masks the prompt out of the loss; backpropagation
+then still goes through every prompt position, so time and memory grow with
+the conversation. Here:
+
+1. ``p[:-1]`` runs under ``torch.no_grad()`` and leaves its keys and values
+   in a cache;
+2. ``p[-1:] + r[:-1]`` runs with gradient on top of that cache; its logits are
+   exactly the ones predicting each response token.
+
+The logits equal the ordinary forward's; the gradient equals the ordinary
+gradient with the prompt's keys and values detached (the prompt is context to
+condition on, not something to change). Time and memory then grow with the
+response. Works for any causal LM that takes ``past_key_values`` (the bundled
+Llama-architecture SmolLM2, and PEFT/LoRA-wrapped models).
+
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> m = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                                  num_attention_heads=2, num_key_value_heads=1))
+    >>> p, r = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5, 6]])
+    >>> full = m(input_ids=torch.cat([p, r], 1)).logits[:, 3:5]
+    >>> torch.allclose(frozen_response_logits(m, p, r), full, atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+__all__ = ["frozen_response_logits", "frozen_response_loss", "ordinary_response_loss"]
+
+
+def frozen_response_logits(model, prompt_ids, response_ids):
+    """Logits ``[batch, len(response), vocab]`` predicting each response token, the prompt run without gradient.
+
+    ``prompt_ids`` and ``response_ids`` are ``[batch, length]`` tensors without padding (one length per batch).
+    """
+    import torch
+
+    if prompt_ids.shape[1] < 1 or response_ids.shape[1] < 1:
+        raise ValueError("the prompt and the response need at least one token each")
+    context = prompt_ids[:, :-1]
+    live = torch.cat([prompt_ids[:, -1:], response_ids[:, :-1]], dim=1)
+    past = None
+    if context.shape[1]:
+        with torch.no_grad():
+            past = model(input_ids=context, use_cache=True).past_key_values
+    return model(input_ids=live, past_key_values=past, use_cache=past is not None).logits
+
+
+def frozen_response_loss(model, prompt_ids, response_ids, reduction: str = "mean"):
+    """Cross-entropy of the response tokens with the context-frozen gradient."""
+    import torch.nn.functional as F
+
+    logits = frozen_response_logits(model, prompt_ids, response_ids)
+    return F.cross_entropy(logits.flatten(0, 1).float(), response_ids.flatten(), reduction=reduction)
+
+
+def ordinary_response_loss(model, prompt_ids, response_ids, reduction: str = "mean"):
+    """The ordinary response-only loss: the whole sequence with gradient, the prompt masked out of the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    n = prompt_ids.shape[1]
+    logits = model(input_ids=ids).logits[:, n - 1: -1]
+    return F.cross_entropy(logits.flatten(0, 1).float(), response_ids.flatten(), reduction=reduction)
