@@ -20,8 +20,8 @@ is derived from the assistant turn, so detecting twice flags once. Review
     ...                        {"role": "assistant", "text": "You might prefer YAML instead."},
     ...                        {"role": "user", "text": "No, JSON please, exactly as I asked."}])
     >>> agent = SignalAgent(g, Detector.load(HashingEmbedder()))
-    >>> [f.type for f in agent.detect_all()["flags"]]
-    ['unwanted_alternatives']
+    >>> [f.correction is not None for f in agent.detect_all()["flags"]]
+    [True]
     >>> g.close()
 """
 
