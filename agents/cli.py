@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--threshold", type=_fraction,
                         help="confidence from which a follow-up is a correction (default: the trained threshold)")
     detect.add_argument("--judge", choices=["off", "model"], help="LLM judge as a third opinion (default off)")
+    detect.add_argument("--reader", choices=["bundled", "off"],
+                        help="model reading each follow-up in context (default bundled; off = rules, tf-idf, MiniLM)")
     detect.add_argument("--split", choices=["train", "heldout"],
                         help="with --eval: only lines whose 'split' is this (the seed set has both; default: all)")
     detect.add_argument("--skip-bad", action="store_true",
@@ -358,7 +360,20 @@ def _signal_config(args):
     from graph import load_config
 
     return load_config(SignalConfig, "signal", file=args.config,
-                       overrides={"threshold": getattr(args, "threshold", None), "judge": getattr(args, "judge", None)})
+                       overrides={"threshold": getattr(args, "threshold", None), "judge": getattr(args, "judge", None),
+                                  "reader": getattr(args, "reader", None)})
+
+
+def _reader(cfg, backend=None):
+    """The detector's reader, sharing ``backend``'s weights when it is the bundled local model."""
+    if cfg.reader == "off":
+        return None
+    from agents.backends import LocalBackend
+    from agents.reader import Reader
+
+    if isinstance(backend, LocalBackend) and backend.source == "bundled":
+        return Reader(backend=backend)
+    return Reader()
 
 
 def _detector(args, embedder, backend=None):
@@ -367,7 +382,7 @@ def _detector(args, embedder, backend=None):
 
     cfg = _signal_config(args)
     judge = LLMJudge(backend) if cfg.judge == "model" and backend is not None else None
-    return Detector.load(embedder, threshold=cfg.threshold, judge=judge), cfg
+    return Detector.load(embedder, reader=_reader(cfg, backend), threshold=cfg.threshold, judge=judge), cfg
 
 
 def _open_loop(args, g):
@@ -469,14 +484,16 @@ def _detect_offline(args) -> int:
     if args.train:
         import hashlib
 
-        weights = train(seed_pairs("train"), embedder,
+        reader = _reader(_signal_config(args))
+        weights = train(seed_pairs("train"), embedder, reader=reader,
                         seed_sha256=hashlib.sha256(seed_path().read_bytes()).hexdigest())
-        out = args.out or str(shipped_weights_path())
+        out = args.out or str(shipped_weights_path(reader is not None))
         weights.save(out)
         m = weights.meta
-        _print(args, {"out": out, **m}, f"trained on {m['n']} seed pairs with {m['embedder']}: threshold "
-                                        f"{m['threshold']:.2f} (cross-validated precision {m['cv_precision']:.3f}, "
-                                        f"recall {m['cv_recall']:.3f}); weights in {out}")
+        _print(args, {"out": out, **m}, f"trained on {m['n']} seed pairs with {m['embedder']}, reader "
+                                        f"{m['reader'] or 'off'}: threshold {m['threshold']:.2f} (cross-validated "
+                                        f"precision {m['cv_precision']:.3f}, recall {m['cv_recall']:.3f}); "
+                                        f"weights in {out}")
         return 0
     pairs, problems = read_pairs(args.eval, skip_bad=args.skip_bad)
     if args.split:
@@ -487,12 +504,14 @@ def _detect_offline(args) -> int:
             raise InvalidRecord(f"{args.eval}: no line has split {args.split!r}")
     detector, _ = _detector(args, embedder)
     m = evaluate(detector, pairs)
+    m["reader"] = detector.reader.name if detector.reader is not None else None
     if problems:
         m["skipped_lines"] = problems
         if not args.json:
             print(f"skipped {len(problems)} bad line(s):\n  " + "\n  ".join(problems), file=sys.stderr)
     c = m["confusion"]
-    human = (f"{args.eval}: {m['n']} pair(s); embedder {m['embedder']}, threshold {m['threshold']:.2f}\n"
+    human = (f"{args.eval}: {m['n']} pair(s); embedder {m['embedder']}, reader {m['reader'] or 'off'}, "
+             f"threshold {m['threshold']:.2f}\n"
              f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}"
              + (f"  (type accuracy {m['type_accuracy']:.3f})" if m["type_accuracy"] is not None else "") + "\n"
              f"                 predicted yes  predicted no\n"

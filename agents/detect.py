@@ -1,33 +1,40 @@
-"""The correction detector: rules + a classifier over sentence embeddings (+ an optional LLM judge).
+"""The correction detector: rules + a classifier over the chat model's reading and sentence embeddings (+ a judge).
 
 A :class:`Pair` is an assistant response, the user turn that follows it and
 the conversation before. :class:`Detector` scores it:
 
 1. :func:`agents.rules.apply_rules`: phrase and structure cues (and the
    phrases that matched, which become the flag's evidence);
-2. a logistic regression over the follow-up's word n-grams (tf-idf), the rule
-   features, and features from sentence embeddings (the bundled MiniLM by
-   default): the follow-up's closest similarity to each group of
-   :data:`ANCHORS` (sentences that stand for "that's wrong", "not what I
-   asked", "thanks", "a new request", ...) and its cosine with the response
-   and the request. It is trained on the labelled seed set shipped in
-   ``agents/data/seed.jsonl``; a second one, trained on the seed's
-   corrections, names the flag type. The threshold is the lowest whose
+2. a logistic regression over the **reader**'s features (:mod:`agents.reader`:
+   the bundled SmolLM2 reads the conversation, the reply and the follow-up;
+   the follow-up's mean hidden state at a middle layer), the rule features,
+   and features from sentence embeddings (the bundled MiniLM): the
+   follow-up's closest similarity to each group of :data:`ANCHORS`
+   (sentences that stand for "that's wrong", "not what I asked", "thanks",
+   "a new request", ...) and its cosine with the reply and the request.
+   Without a reader (``signal.reader = "off"``, or to save the model's
+   memory) the follow-up's tf-idf word n-grams take the reader's place, at a
+   clear cost in accuracy (docs/benchmarks.md). A second logistic regression
+   over the same features, trained on the seed's corrections, names the
+   flag type. Both are trained on the labelled seed set shipped in
+   ``agents/data/seed.jsonl``. The threshold is the lowest whose
    cross-validated precision on the training split reaches 0.92 (false flags
    poison training, so precision comes first);
 3. optionally an LLM judge (:mod:`agents.judge`), averaged in as a third opinion.
 
-The weights for MiniLM ship in ``agents/data/detector-minilm.npz`` (rebuilt
-with ``mindloop detect --train``); for any other embedder the detector trains
-itself from the seed set on first use, which takes a second or two.
+Weights for MiniLM ship in ``agents/data/detector-reader-minilm.npz`` (with the
+bundled reader) and ``agents/data/detector-minilm.npz`` (without), rebuilt by
+``mindloop detect --train``; for any other embedder or reader the detector
+trains itself from the seed set on first use (seconds without a reader, a few
+minutes with one on a CPU).
 
     >>> from graph import HashingEmbedder
     >>> d = Detector.load(HashingEmbedder())
     >>> hit = d.detect(Pair(context=[{"role": "user", "content": "Add an index on orders(customer_id)."}],
     ...                     response="You could also partition the table instead.",
     ...                     followup="I said add the index. Don't suggest alternatives."))
-    >>> hit.is_correction, hit.type
-    (True, 'unwanted_alternatives')
+    >>> hit.is_correction
+    True
 """
 
 from __future__ import annotations
@@ -50,8 +57,7 @@ __all__ = ["Detection", "Detector", "Pair", "evaluate", "read_pairs", "seed_path
 
 log = logging.getLogger(__name__)
 
-FEATURE_VERSION = 2
-DENSE_WEIGHT = 0.5  # scale of the standardised dense features against the tf-idf block (chosen by cross-validation)
+FEATURE_VERSION = 3
 SHIPPED_EMBEDDER = "all-MiniLM-L6-v2"
 TARGET_PRECISION = 0.92  # the threshold is the lowest whose cross-validated precision reaches this
 
@@ -197,8 +203,9 @@ ANCHORS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class Weights:
-    """A trained detector: the follow-up's word n-gram vocabulary and idf, the standardisation of the dense
-    features, the correction classifier and the type classifier (both over the same features)."""
+    """A trained detector: optional word n-gram vocabulary and idf (the no-reader form), the standardisation
+    of the numeric features (reader features, if any, then rules, anchors, cosines), the correction
+    classifier and the type classifier (both over the same design matrix)."""
 
     vocabulary: list[str]
     idf: np.ndarray
@@ -212,13 +219,14 @@ class Weights:
     meta: dict[str, Any]
 
     def params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("vocabulary", "idf", "mean", "scale", "coef", "intercept")}
+        return {"vocabulary": self.vocabulary, "idf": self.idf, "mean": self.mean, "scale": self.scale,
+                "dense_weight": self.meta.get("dense_weight", 1.0)}
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, vocabulary=np.array(self.vocabulary), idf=self.idf, mean=self.mean, scale=self.scale,
-                 coef=self.coef, intercept=np.array([self.intercept]), type_coef=self.type_coef,
+        np.savez(tmp, vocabulary=np.array(self.vocabulary, dtype=str), idf=self.idf, mean=self.mean,
+                 scale=self.scale, coef=self.coef, intercept=np.array([self.intercept]), type_coef=self.type_coef,
                  type_intercept=self.type_intercept, type_classes=np.array(self.type_classes),
                  meta=np.array(json.dumps(self.meta)))
         tmp.replace(path)
@@ -259,9 +267,10 @@ def _anchor_vectors(embedder: Embedder) -> list[np.ndarray]:
     return _ANCHOR_CACHE[embedder.name]
 
 
-def dense_features(pairs: Sequence[Pair], embedder: Embedder) -> tuple[np.ndarray, list]:
-    """Per pair: the rule features, the follow-up's closest similarity to each anchor group, and the cosines
-    of the follow-up with the response and with the request. Returns them and the rule results."""
+def dense_features(pairs: Sequence[Pair], embedder: Embedder, reader=None) -> tuple[np.ndarray, list]:
+    """Per pair: the reader's features (when a reader is given), the rule features, the follow-up's closest
+    similarity to each anchor group, and the cosines of the follow-up with the response and with the request.
+    Returns them and the rule results."""
     rules = [apply_rules(p.request, p.response, p.followup) for p in pairs]
     n = len(pairs)
     emb = embedder.embed([p.followup for p in pairs] + [p.response for p in pairs] + [p.request or " " for p in pairs])
@@ -269,27 +278,36 @@ def dense_features(pairs: Sequence[Pair], embedder: Embedder) -> tuple[np.ndarra
     anchors = np.stack([(f @ a.T).max(axis=1) for a in _anchor_vectors(embedder)], axis=1)
     cos = np.stack([np.sum(f * r, axis=1), np.sum(f * q, axis=1)], axis=1)
     rule_x = np.array([res.features for res in rules], dtype=np.float64)
-    return np.hstack([rule_x, anchors, cos]).astype(np.float64), rules
+    blocks = [rule_x, anchors, cos]
+    if reader is not None:
+        blocks.insert(0, reader.features(pairs))
+    return np.hstack(blocks).astype(np.float64), rules
 
 
 def _design(params: dict[str, Any], pairs: Sequence[Pair], dense: np.ndarray) -> np.ndarray:
+    numeric = (dense - params["mean"]) / params["scale"] * params["dense_weight"]
+    if not len(params["vocabulary"]):
+        return numeric
     vec = _vectorizer(params["vocabulary"], params["idf"])
-    text_x = vec.transform([p.followup for p in pairs]).toarray()
-    return np.hstack([text_x, (dense - params["mean"]) / params["scale"] * DENSE_WEIGHT])
+    return np.hstack([vec.transform([p.followup for p in pairs]).toarray(), numeric])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _fit(pairs: Sequence[Pair], dense: np.ndarray, y: np.ndarray, types: list[str | None], c: float) -> dict:
+def _fit(pairs: Sequence[Pair], dense: np.ndarray, y: np.ndarray, types: list[str | None], c: float,
+         tfidf: bool, dense_weight: float) -> dict:
     from sklearn.linear_model import LogisticRegression
 
-    vec = _vectorizer().fit([p.followup for p in pairs])
     scale = dense.std(axis=0)
     scale[scale < 1e-6] = 1.0
-    params: dict[str, Any] = {"vocabulary": [w for w, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])],
-                              "idf": vec.idf_, "mean": dense.mean(axis=0), "scale": scale}
+    params: dict[str, Any] = {"vocabulary": [], "idf": np.zeros(0), "mean": dense.mean(axis=0), "scale": scale,
+                              "dense_weight": dense_weight}
+    if tfidf:
+        vec = _vectorizer().fit([p.followup for p in pairs])
+        params["vocabulary"] = [w for w, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
+        params["idf"] = vec.idf_
     x = _design(params, pairs, dense)
     clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(x, y)
     pos = [i for i, t in enumerate(types) if y[i] and t]
@@ -315,48 +333,64 @@ def _choose_threshold(y: np.ndarray, p: np.ndarray, target: float = TARGET_PRECI
     return 0.5
 
 
-def train(pairs: Sequence[Pair], embedder: Embedder, *, c: float = 1.0, folds: int = 5,
+def train(pairs: Sequence[Pair], embedder: Embedder, *, reader=None, c: float | None = None, folds: int = 5,
           seed_sha256: str | None = None) -> "Weights":
-    """Fit the detector on labelled ``pairs``; the threshold comes from ``folds``-fold cross-validation."""
+    """Fit the detector on labelled ``pairs``; the threshold comes from ``folds``-fold cross-validation.
+
+    With a ``reader`` the design is the reader's features plus the rule, anchor and cosine features
+    (C 0.03); without one, the follow-up's tf-idf word n-grams take the reader's place (C 1.0).
+    """
     labelled = [p for p in pairs if p.label is not None]
     if len({bool(p.label) for p in labelled}) < 2:
         raise InvalidRecord("training the detector needs both corrections and non-corrections")
-    dense, _ = dense_features(labelled, embedder)
+    tfidf = reader is None
+    c = c if c is not None else (1.0 if tfidf else 0.03)
+    dense_weight = 0.5 if tfidf else 1.0  # chosen by cross-validation on the train split
+    dense, _ = dense_features(labelled, embedder, reader)
     y = np.array([bool(p.label) for p in labelled])
     types = [p.type if p.label else None for p in labelled]
     oof = np.zeros(len(y))
     fold = np.arange(len(y)) % folds
     for k in range(folds):
         tr, te = fold != k, fold == k
-        params = _fit([p for p, m in zip(labelled, tr) if m], dense[tr], y[tr], [t for t, m in zip(types, tr) if m], c)
+        params = _fit([p for p, m in zip(labelled, tr) if m], dense[tr], y[tr], [t for t, m in zip(types, tr) if m],
+                      c, tfidf, dense_weight)
         test = [p for p, m in zip(labelled, te) if m]
         oof[te] = _sigmoid(_design(params, test, dense[te]) @ params["coef"] + params["intercept"])
     threshold = _choose_threshold(y, oof)
-    params = _fit(labelled, dense, y, types, c)
-    meta = {"embedder": embedder.name, "feature_version": FEATURE_VERSION, "families": list(FAMILIES),
-            "anchors": list(ANCHORS), "rules_sha256": RULES_SHA256, "threshold": threshold, "c": c, "n": len(labelled),
-            "seed_sha256": seed_sha256, "target_precision": TARGET_PRECISION,
+    params = _fit(labelled, dense, y, types, c, tfidf, dense_weight)
+    params.pop("dense_weight")
+    meta = {"embedder": embedder.name, "reader": reader.name if reader is not None else None,
+            "feature_version": FEATURE_VERSION, "families": list(FAMILIES), "anchors": list(ANCHORS),
+            "rules_sha256": RULES_SHA256, "threshold": threshold, "c": c, "dense_weight": dense_weight,
+            "n": len(labelled), "seed_sha256": seed_sha256, "target_precision": TARGET_PRECISION,
             "cv_precision": round(float(y[oof >= threshold].mean()), 4) if (oof >= threshold).any() else 0.0,
             "cv_recall": round(float((oof[y] >= threshold).mean()), 4)}
     return Weights(meta=meta, **params)
 
 
-_TRAINED: dict[str, Weights] = {}  # per embedder name, for embedders without shipped weights
+_TRAINED: dict[tuple[str, str | None], Weights] = {}  # per (embedder, reader), when nothing shipped fits
 
 
-def shipped_weights_path() -> Path:
-    return _data("detector-minilm.npz")
+def shipped_weights_path(reader: bool = True) -> Path:
+    """The shipped weights: with the bundled reader (the default), or the no-reader form for MiniLM."""
+    return _data("detector-reader-minilm.npz" if reader else "detector-minilm.npz")
 
 
 class Detector:
     """Scores pairs; see the module docstring. ``threshold`` defaults to the one chosen in training."""
 
-    def __init__(self, embedder: Embedder, weights: Weights, *, threshold: float | None = None, judge=None,
-                 judge_weight: float = 1 / 3) -> None:
+    def __init__(self, embedder: Embedder, weights: Weights, *, reader=None, threshold: float | None = None,
+                 judge=None, judge_weight: float = 1 / 3) -> None:
         if weights.meta.get("feature_version") != FEATURE_VERSION or weights.meta.get("families") != list(FAMILIES):
             raise InvalidRecord("the detector weights were built for other features; rebuild them with "
                                 "`mindloop detect --train`")
+        wanted = weights.meta.get("reader")
+        if wanted != (reader.name if reader is not None else None):
+            raise InvalidRecord(f"these detector weights need reader {wanted!r}, got "
+                                f"{reader.name if reader is not None else None!r}")
         self.embedder = embedder
+        self.reader = reader
         self.weights = weights
         self.threshold = float(threshold if threshold is not None else weights.meta["threshold"])
         if not 0.0 < self.threshold < 1.0:
@@ -365,25 +399,28 @@ class Detector:
         self.judge_weight = judge_weight
 
     @classmethod
-    def load(cls, embedder: Embedder, *, threshold: float | None = None, judge=None,
+    def load(cls, embedder: Embedder, *, reader=None, threshold: float | None = None, judge=None,
              weights_path: str | Path | None = None) -> "Detector":
-        """The shipped weights when they fit ``embedder`` and the shipped seed set; else train from the seed."""
-        path = Path(weights_path) if weights_path else shipped_weights_path()
+        """The shipped weights when they fit ``embedder``, ``reader`` and the shipped seed set and rules;
+        else a detector trained from the seed set's train split (cached for the process)."""
+        reader_name = reader.name if reader is not None else None
+        path = Path(weights_path) if weights_path else shipped_weights_path(reader is not None)
         if path.exists():
             w = Weights.read(path)
-            fits = (w.meta.get("embedder") == embedder.name and w.meta.get("feature_version") == FEATURE_VERSION
-                    and w.meta.get("families") == list(FAMILIES))
+            fits = (w.meta.get("embedder") == embedder.name and w.meta.get("reader") == reader_name
+                    and w.meta.get("feature_version") == FEATURE_VERSION and w.meta.get("families") == list(FAMILIES))
             if fits or weights_path:
-                return cls(embedder, w, threshold=threshold, judge=judge)
-        if embedder.name not in _TRAINED:
-            log.info("training the correction detector for embedder %s from the seed set", embedder.name)
-            _TRAINED[embedder.name] = train(seed_pairs("train"), embedder, seed_sha256=_sha256(seed_path()))
-        return cls(embedder, _TRAINED[embedder.name], threshold=threshold, judge=judge)
+                return cls(embedder, w, reader=reader, threshold=threshold, judge=judge)
+        key = (embedder.name, reader_name)
+        if key not in _TRAINED:
+            log.info("training the correction detector for %s from the seed set", key)
+            _TRAINED[key] = train(seed_pairs("train"), embedder, reader=reader, seed_sha256=_sha256(seed_path()))
+        return cls(embedder, _TRAINED[key], reader=reader, threshold=threshold, judge=judge)
 
     def probabilities(self, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray, list]:
         """P(correction) per pair, type probabilities per pair, and the rule results."""
         w = self.weights
-        dense, rules = dense_features(pairs, self.embedder)
+        dense, rules = dense_features(pairs, self.embedder, self.reader)
         x = _design(w.params(), pairs, dense)
         p = _sigmoid(x @ w.coef + w.intercept)
         logits = x @ w.type_coef.T + w.type_intercept

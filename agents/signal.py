@@ -48,6 +48,9 @@ class SignalConfig:
     threshold: float | None = field(default=None, metadata={
         "help": "confidence from which a follow-up counts as a correction, in (0, 1); unset = the threshold "
                 "chosen when the detector was trained"})
+    reader: str = field(default="bundled", metadata={
+        "help": "model that reads each follow-up in context for the detector: 'bundled' (SmolLM2-135M base, "
+                "default) or 'off' (rules, tf-idf and MiniLM only: less memory, lower precision and recall)"})
     judge: str = field(default="off", metadata={
         "help": "LLM judge as a third opinion: 'off' (default) or 'model' (the configured chat model)"})
     auto_confirm_above: float | None = field(default=None, metadata={
@@ -69,6 +72,8 @@ class SignalConfig:
             v = getattr(self, name)
             if v is not None and not 0.0 < float(v) <= 1.0:
                 raise ConfigError(f"signal.{name} must be in (0, 1], got {v!r}")
+        if self.reader not in ("bundled", "off"):
+            raise ConfigError(f"signal.reader must be 'bundled' or 'off', got {self.reader!r}")
         if self.judge not in ("off", "model"):
             raise ConfigError(f"signal.judge must be 'off' or 'model', got {self.judge!r}")
         for name in ("similar_threshold", "join_threshold"):

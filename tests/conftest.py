@@ -13,6 +13,7 @@ def home(tmp_path, monkeypatch):
     d = tmp_path / "home"
     monkeypatch.setenv("MINDLOOP_HOME", str(d))
     monkeypatch.setenv("MINDLOOP_GRAPH_EMBEDDER", "hashing")
+    monkeypatch.setenv("MINDLOOP_SIGNAL_READER", "off")  # the bundled reader model runs in slow tests only
     return d
 
 

@@ -29,7 +29,7 @@ Llama-architecture SmolLM2, and PEFT/LoRA-wrapped models).
 
 from __future__ import annotations
 
-__all__ = ["frozen_response_logits", "frozen_response_loss", "ordinary_response_loss"]
+__all__ = ["frozen_batch_loss", "frozen_response_logits", "frozen_response_loss", "ordinary_response_loss"]
 
 
 def frozen_response_logits(model, prompt_ids, response_ids):
@@ -67,3 +67,52 @@ def ordinary_response_loss(model, prompt_ids, response_ids, reduction: str = "me
     n = prompt_ids.shape[1]
     logits = model(input_ids=ids).logits[:, n - 1: -1]
     return F.cross_entropy(logits.flatten(0, 1).float(), response_ids.flatten(), reduction=reduction)
+
+
+def frozen_batch_loss(model, prompts, responses, pad_id: int = 0):
+    """Summed response cross-entropy and response token count for a batch of unequal lengths, in two forwards.
+
+    ``prompts`` and ``responses`` are lists of 1-D id tensors. The contexts
+    (``prompt[:-1]``) are left-padded and run once under ``torch.no_grad()``;
+    the live parts (``prompt[-1:] + response[:-1]``) are right-padded and run
+    once with gradient on top of the cache, with position ids continuing each
+    row's own context. One gradient-carrying forward per batch keeps it
+    compatible with DDP/FSDP wrappers.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not prompts or len(prompts) != len(responses):
+        raise ValueError("need one response per prompt, and at least one of each")
+    if any(p.numel() < 1 for p in prompts) or any(r.numel() < 1 for r in responses):
+        raise ValueError("the prompt and the response need at least one token each")
+    device = prompts[0].device
+    b = len(prompts)
+    ctx = [p[:-1] for p in prompts]
+    live = [torch.cat([p[-1:], r[:-1]]) for p, r in zip(prompts, responses)]
+    lc, ll = max(len(c) for c in ctx), max(len(x) for x in live)
+    ctx_ids = torch.full((b, lc), pad_id, dtype=torch.long, device=device)
+    ctx_mask = torch.zeros((b, lc), dtype=torch.long, device=device)
+    live_ids = torch.full((b, ll), pad_id, dtype=torch.long, device=device)
+    live_mask = torch.zeros((b, ll), dtype=torch.long, device=device)
+    labels = torch.full((b, ll), -100, dtype=torch.long, device=device)
+    for i, (c, x, r) in enumerate(zip(ctx, live, responses)):
+        if len(c):
+            ctx_ids[i, lc - len(c):] = c
+            ctx_mask[i, lc - len(c):] = 1
+        live_ids[i, : len(x)] = x
+        live_mask[i, : len(x)] = 1
+        labels[i, : len(r)] = r
+    lengths = ctx_mask.sum(-1, keepdim=True)
+    live_pos = lengths + torch.arange(ll, device=device)[None]
+    past = None
+    if lc:
+        with torch.no_grad():
+            ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
+            past = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos,
+                         use_cache=True).past_key_values
+    mask = torch.cat([ctx_mask, live_mask], dim=1) if lc else live_mask
+    logits = model(input_ids=live_ids, attention_mask=mask, position_ids=live_pos, past_key_values=past,
+                   use_cache=past is not None).logits
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return loss, int((labels != -100).sum())

@@ -115,13 +115,33 @@ def test_training_needs_both_classes():
         train(pairs, HashingEmbedder())
 
 
-def test_shipped_weights_were_built_from_the_shipped_seed_set():
-    w = Weights.read(shipped_weights_path())
+@pytest.mark.parametrize("reader", [True, False], ids=["reader", "no-reader"])
+def test_shipped_weights_were_built_from_the_shipped_seed_set(reader):
+    w = Weights.read(shipped_weights_path(reader))
     assert w.meta["embedder"] == "all-MiniLM-L6-v2"
+    assert w.meta["reader"] == ("SmolLM2-135M-Instruct@layer15" if reader else None)
     assert w.meta["seed_sha256"] == hashlib.sha256(seed_path().read_bytes()).hexdigest(), \
-        "the seed set changed: rebuild the weights with `mindloop detect --train`"
+        "the seed set changed: rebuild the weights with `mindloop detect --train [--reader off]`"
     assert w.meta["rules_sha256"] == RULES_SHA256 and w.meta["anchors"] == list(ANCHORS), \
-        "the rules or anchors changed: rebuild the weights with `mindloop detect --train`"
+        "the rules or anchors changed: rebuild the weights with `mindloop detect --train [--reader off]`"
+
+
+def test_a_reader_adds_its_features_and_must_match_the_weights(tiny_lm):
+    from agents.reader import Reader
+
+    reader = Reader(str(tiny_lm), layer=1)
+    pairs = seed_pairs("train")[:40]
+    x = reader.features(pairs[:3])
+    assert x.shape == (3, 32) and np.isfinite(x).all()
+    assert not np.allclose(x[0], x[1])  # different follow-ups read differently
+    w = train(pairs, HashingEmbedder(), reader=reader, folds=2)
+    assert w.meta["reader"] == reader.name and w.mean.shape[0] == 32 + len(w.meta["families"]) + 4 + 11 + 2
+    d = Detector(HashingEmbedder(), w, reader=reader)
+    assert len(d.score(pairs[:5])) == 5
+    with pytest.raises(InvalidRecord, match="need reader"):
+        Detector(HashingEmbedder(), w)
+    with pytest.raises(ValueError, match="layer 9 does not exist"):
+        Reader(str(tiny_lm), layer=9).features(pairs[:1])
 
 
 def test_judge_is_a_third_opinion(detector):
@@ -147,6 +167,7 @@ def test_detect_eval_reproduces_the_heldout_figures_in_the_docs(capsys, monkeypa
     from agents.cli import main
 
     monkeypatch.setenv("MINDLOOP_GRAPH_EMBEDDER", "minilm")
+    monkeypatch.setenv("MINDLOOP_SIGNAL_READER", "bundled")
     docs = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
     recorded = json.loads(re.search(r"detect --eval agents/data/seed.jsonl --split heldout --json\n(\{.*\})",
                                     docs).group(1))

@@ -103,3 +103,20 @@ def test_needs_tokens_on_both_sides(model):
     prompt, response = _ids()
     with pytest.raises(ValueError, match="at least one token"):
         frozen_response_loss(model, prompt, response[:, :0])
+
+
+def test_batched_frozen_loss_equals_the_per_example_losses(model):
+    from trainer.frozen import frozen_batch_loss
+
+    pairs = [_ids(10, prompt=9, response=4), _ids(11, prompt=1, response=6), _ids(12, prompt=15, response=2)]
+    prompts, responses = [p[0] for p, _ in pairs], [r[0] for _, r in pairs]
+    total, n = frozen_batch_loss(model, prompts, responses, pad_id=1)
+    assert n == 12
+    each = sum(frozen_response_loss(model, p[None], r[None], reduction="sum") for p, r in zip(prompts, responses))
+    assert torch.allclose(total, each, atol=1e-4)
+    total.backward()
+    batched = _grads(model)
+    model.zero_grad()
+    each.backward()
+    for name, g in _grads(model).items():
+        assert torch.allclose(batched[name], g, atol=1e-5, rtol=1e-3), name

@@ -1,0 +1,82 @@
+"""Evaluation probes and metrics on a tiny local model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trainer.errors import InvalidDataset  # noqa: E402
+from trainer.evaluate import (Probe, attention_mass, builtin_probes, default_text, evaluate, perplexity,  # noqa: E402
+                              read_probes)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_lm).eval(), AutoTokenizer.from_pretrained(tiny_lm)
+
+
+PROBES = [
+    Probe([{"role": "user", "content": "rename the function to a file"}], "done", "no use tabs", "target"),
+    Probe([{"role": "user", "content": "use tabs"}], "no", "sure it is done", "pushback"),
+    Probe([{"role": "user", "content": "what is it"}], "it is a file", "it is a class", "capability"),
+]
+
+
+def test_builtin_probe_sets_ship_with_the_package():
+    probes = builtin_probes()
+    kinds = {k: sum(p.kind == k for p in probes) for k in ("target", "pushback", "capability")}
+    assert all(n >= 40 for n in kinds.values()), kinds
+
+
+def test_bad_probe_lines_are_named(tmp_path):
+    f = tmp_path / "p.jsonl"
+    good = {"prompt": [{"role": "user", "content": "hi"}], "desired": "a", "undesired": "b", "kind": "target"}
+    f.write_text(json.dumps(good) + "\n" + json.dumps({**good, "kind": "vibes"}) + "\n")
+    with pytest.raises(InvalidDataset, match="line 2: 'kind' must be one of target, pushback, capability"):
+        read_probes(f)
+    f.write_text(json.dumps({**good, "desired": " "}) + "\n")
+    with pytest.raises(InvalidDataset, match="line 1: 'desired' must be non-empty"):
+        read_probes(f)
+
+
+def test_report_shape_and_margins_flip_when_swapped(lm):
+    model, tok = lm
+    text = "hello the function is a file " * 20
+    report = evaluate(model, tok, PROBES, text=text, checkpoint="ck1")
+    assert set(report["kinds"]) == {"target", "pushback", "capability"} and report["checkpoint"] == "ck1"
+    assert all(v["n"] == 1 and v["win_rate"] in (0.0, 1.0) for v in report["kinds"].values())
+    assert report["perplexity"] > 1 and 0.0 <= report["attention_mass"] <= 1.0
+    assert report["steering"]["layer"] == 1
+    swapped = [Probe(p.prompt, p.undesired, p.desired, p.kind) for p in PROBES]
+    again = evaluate(model, tok, swapped, text=text, attention=False)
+    for k in report["kinds"]:
+        assert again["kinds"][k]["mean_margin"] == pytest.approx(-report["kinds"][k]["mean_margin"], abs=1e-3)
+
+
+def test_perplexity_is_exp_of_the_mean_next_token_loss(lm):
+    model, tok = lm
+    text = "hello the function is a file please"
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids[:, :-1]).logits[0], ids[0, 1:])
+    assert perplexity(model, tok, text) == pytest.approx(math.exp(float(loss)), rel=1e-4)
+    with pytest.raises(InvalidDataset, match="shorter than two tokens"):
+        perplexity(model, tok, "hello")
+
+
+def test_attention_mass_is_a_share_and_attention_is_restored(lm):
+    model, tok = lm
+    before = model.config._attn_implementation
+    share = attention_mass(model, tok, PROBES[:1])
+    assert 0.0 < share < 1.0 and model.config._attn_implementation == before
+
+
+def test_default_text_ships_with_python():
+    text = default_text()
+    assert len(text) > 5000 and "the" in text

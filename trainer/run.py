@@ -1,0 +1,336 @@
+"""A training run: checks, evaluation before, the update (TRL), evaluation after, an atomic checkpoint.
+
+    mindloop train --dataset data/p.jsonl                  # sft, LoRA, lr 1e-4, context-frozen, 1 epoch
+    mindloop train --pattern P --objective dpo --method full --lr 1e-5
+
+or, from Python, :func:`train` with a :class:`TrainConfig` and rows from
+:mod:`trainer.data`. The same code runs under ``accelerate launch`` (DDP,
+FSDP, DeepSpeed): it is transformers' ``Trainer`` underneath, through TRL's
+``SFTTrainer`` (our context-frozen loss replaces its ``compute_loss``),
+``DPOTrainer`` and ``KTOTrainer``.
+
+Each run writes ``runs/<id>/``: ``config.json``, ``steps.jsonl`` (one line
+per logged step), ``loss.png``, ``metrics.json`` (before and after),
+``versions.json`` and ``status``; and, when it succeeds, a checkpoint
+(:mod:`trainer.checkpoints`) whose manifest names its parent (the checkpoint
+promoted when the run started). Every check that can fail (the data, the
+lengths, the chat template, the parent checkpoint) runs before the first
+step; a failed or killed run writes nothing under ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from trainer.checkpoints import Checkpoints
+from trainer.data import OBJECTIVES, check_lengths, data_hash
+from trainer.errors import InvalidDataset, TrainerError
+from trainer.evaluate import Probe, builtin_probes, evaluate, steering_direction
+from trainer.frozen import frozen_batch_loss
+from trainer.model import check_chat_template, load_model, model_name
+
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run. Section ``[train]`` of config.toml; flags of ``mindloop train``."""
+
+    objective: str = field(default="sft", metadata={"help": "sft | dpo | kto"})
+    method: str = field(default="lora", metadata={"help": "lora (a PEFT adapter) | full (all weights)"})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw | apollo (needs the [apollo] extra; CC-BY-NC licence, never a default)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate; unset = 1e-4 for lora, 1e-5 for full"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
+    context_frozen: bool = field(default=True, metadata={
+        "help": "sft only: run the prompt without gradient and backpropagate through the response only"})
+    model: str = field(default="bundled", metadata={"help": "'bundled' (SmolLM2-135M-Instruct), a model id or path"})
+    batch_size: int = field(default=4, metadata={"help": "examples per device per step"})
+    grad_accum: int = field(default=1, metadata={"help": "steps accumulated per optimizer update"})
+    max_length: int = field(default=1024, metadata={"help": "longest example in tokens; longer is an error"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many steps; -1 = run the epochs"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    beta: float = field(default=0.1, metadata={"help": "dpo/kto: strength of the pull towards the reference"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    evaluate: bool = field(default=True, metadata={"help": "evaluate before and after (probes, perplexity, ...)"})
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InvalidDataset(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.method not in ("lora", "full"):
+            raise InvalidDataset(f"method must be 'lora' or 'full', got {self.method!r}")
+        if self.optimizer not in ("adamw", "apollo"):
+            raise InvalidDataset(f"optimizer must be 'adamw' or 'apollo', got {self.optimizer!r}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise InvalidDataset(f"lr must be between 0 and 1, got {self.lr}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
+            raise InvalidDataset("epochs must be positive; batch size and grad accumulation at least 1; "
+                                 "max length at least 2")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-4 if self.method == "lora" else 1e-5)
+
+    @property
+    def frozen(self) -> bool:
+        return self.context_frozen and self.objective == "sft"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    checkpoint: str | None
+    checkpoint_dir: Path | None
+    parent: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    steps: list[dict[str, Any]]
+    data_hash: str
+    config: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run_id, "run_dir": str(self.run_dir), "checkpoint": self.checkpoint,
+                "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None, "parent": self.parent,
+                "before": self.before, "after": self.after, "steps": len(self.steps), "data_hash": self.data_hash,
+                "final_loss": self.steps[-1].get("loss") if self.steps else None, "config": self.config}
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "peft": peft.__version__, "platform": platform.platform()}
+
+
+def _sft_trainer_class():
+    from trl import SFTTrainer
+
+    class ContextFrozenSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer with the context-frozen response loss (:func:`trainer.frozen.frozen_batch_loss`)."""
+
+        def __init__(self, *args, context_frozen: bool = True, **kw) -> None:
+            super().__init__(*args, **kw)
+            self.context_frozen = context_frozen
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.context_frozen:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            ids, labels = inputs["input_ids"], inputs["labels"]
+            mask = inputs.get("attention_mask")
+            prompts, responses = [], []
+            for i in range(ids.shape[0]):
+                keep = mask[i].bool() if mask is not None else ids[i] == ids[i]
+                row, lab = ids[i][keep], labels[i][keep]
+                answer = (lab != -100).nonzero()
+                if len(answer) == 0:
+                    continue
+                start = int(answer[0])
+                prompts.append(row[:start])
+                responses.append(row[start:][lab[start:] != -100])
+            pad = self.processing_class.pad_token_id or 0
+            total, n = frozen_batch_loss(model, prompts, responses, pad_id=pad)
+            denom = num_items_in_batch if num_items_in_batch is not None else n
+            loss = total / max(int(denom), 1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+    return ContextFrozenSFTTrainer
+
+
+class _StepLog:
+    """A transformers callback writing each logged step to ``steps.jsonl``."""
+
+    def __new__(cls, path: Path, steps: list):
+        from transformers import TrainerCallback
+
+        class StepLog(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and state.is_world_process_zero:
+                    row = {"step": state.global_step, **{k: v for k, v in logs.items()
+                                                          if isinstance(v, (int, float))}}
+                    steps.append(row)
+                    with open(path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(row) + "\n")
+
+        return StepLog()
+
+
+def _loss_curve(steps: Sequence[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [s["step"] for s in steps if "loss" in s]
+    ys = [s["loss"] for s in steps if "loss" in s]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, ys, marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+
+def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os.PathLike,
+          probes: Sequence[Probe] | None = None, progress: bool = True, run_id: str | None = None,
+          on_checkpoint: Callable[[str, dict], None] | None = None) -> TrainResult:
+    """Run one training run on ``rows`` (see :mod:`trainer.data`) and write a checkpoint under ``home``.
+
+    ``probes`` are evaluated before and after (default: the built-in sets;
+    the caller adds the pattern's held-out examples). ``on_checkpoint`` is
+    called with the new checkpoint's id and manifest once it is in place.
+    """
+    import torch
+    from datasets import Dataset
+
+    home = Path(home)
+    if not rows:
+        raise InvalidDataset("the dataset is empty")
+    store = Checkpoints(home / "checkpoints")
+    store.clean()
+    current = store.promoted()
+    parent = current["checkpoint"] if current else None
+    parent_dir = store.root / parent if parent else None
+    if parent:
+        parent_manifest = store.get(parent)
+        if parent_manifest.get("base_model", model_name(config.model)) != model_name(config.model):
+            raise TrainerError(f"the promoted checkpoint {parent} was trained from "
+                               f"{parent_manifest.get('base_model')!r}, not {model_name(config.model)!r}")
+    model, tok = load_model(config.model, checkpoint=parent_dir)
+    check_chat_template(tok, config.model)
+    check_lengths(rows, tok, config.max_length)
+    if config.optimizer == "apollo":
+        try:
+            import apollo_torch  # noqa: F401
+        except ImportError:
+            raise TrainerError("--optimizer apollo needs the apollo extra: pip install 'mindloop[apollo]' "
+                               "(apollo-torch, CC-BY-NC licence)") from None
+
+    run_id = run_id or f"run_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    run_dir = home / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    digest = data_hash(rows)
+    cfg = {**asdict(config), "learning_rate": config.learning_rate, "context_frozen": config.frozen,
+           "examples": len(rows), "data_hash": digest, "parent": parent}
+    _write(run_dir / "config.json", cfg)
+    _write(run_dir / "versions.json", _versions())
+    (run_dir / "status").write_text("started\n")
+    torch.manual_seed(config.seed)
+
+    probes = list(probes) if probes is not None else builtin_probes()
+    before = after = None
+    direction = None
+    targets = [p for p in probes if p.kind == "target"]
+    if config.evaluate:
+        if targets:
+            direction = steering_direction(model, tok, targets)
+        before = evaluate(model, tok, probes, checkpoint=parent, direction=direction)
+
+    steps: list[dict[str, Any]] = []
+    try:
+        trainer = _build_trainer(config, model, tok, rows, run_dir, progress, steps)
+        trainer.train()
+        model = trainer.model
+        if config.evaluate:
+            after = evaluate(model, tok, probes, checkpoint=run_id, direction=direction)
+        if steps:
+            _loss_curve(steps, run_dir / "loss.png", f"{run_id} ({config.objective}, {config.method}, "
+                                                      f"lr {config.learning_rate:g})")
+        _write(run_dir / "metrics.json", {"before": before, "after": after})
+        checkpoint_id = "ckpt_" + run_id.removeprefix("run_")
+        kind = "lora" if config.method == "lora" else "full"
+        manifest = {"kind": kind, "base_model": model_name(config.model), "parent": parent, "run": run_id,
+                    "data_hash": digest, "objective": config.objective, "created": time.time(),
+                    "metrics": {"before": before, "after": after}}
+
+        def save(folder: Path) -> None:
+            if kind == "lora":
+                model.save_pretrained(str(folder))
+            else:
+                target = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+                target.save_pretrained(str(folder), safe_serialization=True)
+                tok.save_pretrained(str(folder))
+
+        if trainer.is_world_process_zero():
+            ckpt_dir = store.write(checkpoint_id, save, manifest)
+        else:
+            ckpt_dir = store.root / checkpoint_id
+        (run_dir / "status").write_text("finished\n")
+    except BaseException as e:
+        (run_dir / "status").write_text(f"failed: {type(e).__name__}: {e}\n")
+        raise
+    if on_checkpoint is not None:
+        on_checkpoint(checkpoint_id, manifest)
+    return TrainResult(run_id=run_id, run_dir=run_dir, checkpoint=checkpoint_id, checkpoint_dir=ckpt_dir,
+                       parent=parent, before=before, after=after, steps=steps, data_hash=digest, config=cfg)
+
+
+def _build_trainer(config: TrainConfig, model, tok, rows, run_dir: Path, progress: bool, steps: list):
+    import torch
+    from datasets import Dataset
+
+    cuda = torch.cuda.is_available()
+    common = dict(output_dir=str(run_dir / "trainer"), num_train_epochs=config.epochs, max_steps=config.max_steps,
+                  learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
+                  gradient_accumulation_steps=config.grad_accum, logging_steps=1, save_strategy="no",
+                  report_to=[], seed=config.seed, disable_tqdm=not progress, use_cpu=not cuda, bf16=cuda,
+                  optim="apollo_adamw" if config.optimizer == "apollo" else "adamw_torch",
+                  lr_scheduler_type="constant", max_length=config.max_length,
+                  # the frozen loss runs the response on the prompt's KV cache, which gradient
+                  # checkpointing turns off; it saves the memory checkpointing would have saved anyway
+                  gradient_checkpointing=not config.frozen)
+    peft_config = None
+    if config.method == "lora":
+        from peft import LoraConfig, PeftModel
+
+        if isinstance(model, PeftModel):  # continuing from a promoted adapter: train it further
+            model.train()
+        else:
+            peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                     target_modules="all-linear", task_type="CAUSAL_LM")
+    elif hasattr(model, "merge_and_unload"):  # full fine-tune on top of an adapter: fold it in first
+        model = model.merge_and_unload()
+    data = Dataset.from_list([{k: v for k, v in r.items() if k != "id"} for r in rows])
+    callbacks = [_StepLog(run_dir / "steps.jsonl", steps)]
+    if config.objective == "sft":
+        from trl import SFTConfig
+
+        args = SFTConfig(**common, completion_only_loss=True)
+        return _sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
+                                    peft_config=peft_config, callbacks=callbacks, context_frozen=config.frozen)
+    if config.objective == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common, beta=config.beta)
+        return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
+                          callbacks=callbacks)
+    from trl.experimental.kto import KTOConfig, KTOTrainer
+
+    args = KTOConfig(**common, beta=config.beta)
+    return KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
+                      callbacks=callbacks)
