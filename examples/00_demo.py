@@ -78,18 +78,13 @@ SCRIPTED_CHAT = [
 ]
 
 
-def chat_through_the_loop(graph: MemoryGraph, agent):
-    from agents.backends import LocalBackend
+def chat_through_the_loop(graph: MemoryGraph, agent, backend) -> None:
     from agents.loop import ChatLoop, TurnResult
 
     lesson = graph.add(Memory(memory_kind="lesson", text="When the user asks to rename something, just rename it; "
                                                          "do not suggest alternatives."))
     graph.flush()
-    console.print(f"stored a lesson memory ({lesson.id}); loading the bundled model ...")
-    t = time.perf_counter()
-    backend = LocalBackend("bundled", checkpoints=graph.config.home / "checkpoints")
-    backend.load()
-    console.print(f"loaded {backend.model_id} in {time.perf_counter() - t:.1f}s")
+    console.print(f"stored a lesson memory ({lesson.id})")
     loop = ChatLoop(graph, backend, on_pair=agent.on_pair)
     try:
         for text in SCRIPTED_CHAT:
@@ -115,7 +110,6 @@ def chat_through_the_loop(graph: MemoryGraph, agent):
                       + f"; surfaced edges from the lesson: {len(graph.edges(lesson.id, kinds=['surfaced']))}")
     finally:
         loop.close()
-    return backend
 
 
 def training_signal(graph: MemoryGraph, agent, backend) -> None:
@@ -198,12 +192,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"forget --session rename-1: {removed} nodes removed; searching for it again finds "
                       f"{len(left)} of them")
 
+        from agents.backends import LocalBackend
         from agents.detect import Detector
+        from agents.reader import Reader
         from agents.signal import SignalAgent, SignalConfig
 
-        agent = SignalAgent(graph, Detector.load(graph.embedder), SignalConfig(auto_confirm_above=0.9))
         console.rule("[bold]the agent loop: surface -> respond -> log -> signal (bundled SmolLM2-135M)")
-        backend = chat_through_the_loop(graph, agent)
+        t = time.perf_counter()
+        backend = LocalBackend("bundled", checkpoints=graph.config.home / "checkpoints")
+        backend.load()
+        console.print(f"loaded {backend.model_id} in {time.perf_counter() - t:.1f}s; the correction detector "
+                      f"reads follow-ups with the same weights")
+        detector = Detector.load(graph.embedder, reader=Reader(backend=backend))
+        agent = SignalAgent(graph, detector, SignalConfig(auto_confirm_above=0.9))
+        chat_through_the_loop(graph, agent, backend)
 
         console.rule("[bold]the training-signal agent: detect -> flag -> pattern -> compose")
         training_signal(graph, agent, backend)
