@@ -182,7 +182,57 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--no-model", action="store_true",
                          help="do not run the chat model: no generated replies; general replay uses reference answers")
     compose.add_argument("--include-trained", action="store_true", help="reuse examples a run already trained on")
+    trainp = sub.add_parser("train", parents=[common],
+                            help="train the chat model on a pattern's examples or a dataset; writes a checkpoint")
+    src = trainp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pattern", help="the pattern (id or name): its composed train-split examples from the graph")
+    src.add_argument("--dataset", help="a JSONL file in TRL's format (what `mindloop compose --out` writes)")
+    trainp.add_argument("--objective", choices=["sft", "dpo", "kto"], help="training objective (default sft)")
+    trainp.add_argument("--method", choices=["lora", "full"], help="LoRA adapter or all weights (default lora)")
+    trainp.add_argument("--optimizer", choices=["adamw", "apollo"],
+                        help="default adamw; apollo needs the [apollo] extra (CC-BY-NC licence)")
+    trainp.add_argument("--lr", type=_fraction, help="learning rate (default 1e-4 for lora, 1e-5 for full)")
+    trainp.add_argument("--epochs", type=_positive_float, help="passes over the data (default 1)")
+    trainp.add_argument("--no-context-frozen", dest="context_frozen", action="store_false", default=None,
+                        help="sft: backpropagate through the whole conversation (default: the response only)")
+    trainp.add_argument("--model", help="'bundled' (default), a transformers model id or path")
+    trainp.add_argument("--batch-size", type=_positive, help="examples per step (default 4)")
+    trainp.add_argument("--max-steps", type=_positive, help="stop after this many steps (default: the epochs)")
+    trainp.add_argument("--max-length", type=_positive, help="longest example in tokens (default 1024)")
+    trainp.add_argument("--no-eval", dest="evaluate", action="store_false", default=None,
+                        help="skip the before/after evaluation")
+    trainp.add_argument("--include-trained", action="store_true",
+                        help="with --pattern: also examples an earlier run trained on")
+    trainp.add_argument("--scope", help="scope of the pattern and of the run's records (default: configured)")
+
+    evalp = sub.add_parser("eval", parents=[common], help="evaluate the model or a checkpoint on probe sets")
+    evalp.add_argument("--checkpoint", help="checkpoint id (default: the promoted one; 'base' = no checkpoint)")
+    evalp.add_argument("--probes", action="append", metavar="FILE",
+                       help="probe JSONL file (repeatable; default: the built-in target, pushback, capability sets)")
+    evalp.add_argument("--text", help="UTF-8 text file for perplexity (default: pydoc_data.topics prose)")
+    evalp.add_argument("--model", help="base model: 'bundled' (default), an id or a path")
+
+    ckpts = sub.add_parser("checkpoints", help="checkpoints: list, show, promote, rollback")
+    ck_sub = ckpts.add_subparsers(dest="checkpoints_command", metavar="ACTION", required=True)
+    ck_sub.add_parser("list", parents=[common], help="every checkpoint, oldest first, and which is promoted")
+    for action, text in (("show", "a checkpoint's manifest and metrics"),
+                         ("promote", "serve this checkpoint (atomic; the chat model follows)")):
+        cp = ck_sub.add_parser(action, parents=[common], help=text)
+        cp.add_argument("id", help="checkpoint id")
+    rb = ck_sub.add_parser("rollback", parents=[common],
+                           help="go back to the promoted checkpoint's parent (the base model when it has none)")
+    rb.add_argument("--reason", default="manual rollback", help="recorded with the rollback")
     return parser
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
+    return x
 
 
 def _fraction(value: str) -> float:
@@ -628,6 +678,162 @@ def _cmd_compose(args) -> int:
     return 0
 
 
+def _fmt_report(before: dict | None, after: dict | None) -> str:
+    """A before/after table of an evaluation report."""
+    if before is None and after is None:
+        return "(not evaluated)"
+    rows = [("metric", "before", "after")]
+    kinds = sorted(set((before or {}).get("kinds", {})) | set((after or {}).get("kinds", {})))
+    for k in kinds:
+        for m, label in (("mean_margin", "mean margin"), ("win_rate", "win rate")):
+            b = (before or {}).get("kinds", {}).get(k, {}).get(m)
+            a = (after or {}).get("kinds", {}).get(k, {}).get(m)
+            rows.append((f"{k} {label}", "-" if b is None else f"{b:+.3f}", "-" if a is None else f"{a:+.3f}"))
+    for key, label in (("perplexity", "perplexity"), ("attention_mass", "attention on instruction")):
+        b, a = (before or {}).get(key), (after or {}).get(key)
+        rows.append((label, "-" if b is None else f"{b:.3f}", "-" if a is None else f"{a:.3f}"))
+    b, a = (before or {}).get("steering", {}), (after or {}).get("steering", {})
+    if b or a:
+        rows.append((f"steering projection (layer {(b or a).get('layer')})",
+                     "-" if not b else f"{b['projection']:+.3f}", "-" if not a else f"{a['projection']:+.3f}"))
+        rows.append(("steering consistency", "-" if not b else f"{b['consistency']:.3f}",
+                     "-" if not a else f"{a['consistency']:.3f}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {r[0]:<{width}}  {r[1]:>9}  {r[2]:>9}" for r in rows)
+
+
+def _cmd_train(args) -> int:
+    from trainer.data import read_dataset, rows_from_examples
+    from trainer.evaluate import builtin_probes, probes_from_examples
+    from trainer.run import TrainConfig, record_run, train
+
+    from graph import load_config
+
+    cfg = load_config(TrainConfig, "train", file=args.config, overrides={
+        "objective": args.objective, "method": args.method, "optimizer": args.optimizer, "lr": args.lr,
+        "epochs": args.epochs, "context_frozen": args.context_frozen, "model": args.model,
+        "batch_size": args.batch_size, "max_steps": args.max_steps, "max_length": args.max_length,
+        "evaluate": args.evaluate})
+    with _open_graph(args) as g:
+        probes = builtin_probes()
+        example_ids: list[str] = []
+        if args.pattern:
+            from agents.patterns import resolve_pattern
+
+            pattern = resolve_pattern(g, args.pattern, args.scope)
+            examples = [e for e in g.nodes(kind="example", scope=args.scope) if e.pattern == pattern.id]
+            train_ex = [e for e in examples if e.split == "train" and (
+                args.include_trained or not g.edges(e.id, kinds=["trained_on"], direction="in"))]
+            if not train_ex:
+                from trainer.errors import InvalidDataset
+
+                raise InvalidDataset(f"pattern {pattern.id} has no untrained train-split examples: run "
+                                     f"`mindloop compose --pattern {pattern.id}` first (or --include-trained)")
+            rows = rows_from_examples(train_ex, cfg.objective)
+            example_ids = [e.id for e in train_ex]
+            probes = probes + probes_from_examples([e for e in examples if e.split == "heldout"])
+        else:
+            rows = read_dataset(args.dataset, cfg.objective)
+        result = train(cfg, rows, home=g.config.home, probes=probes, progress=not args.json)
+        record_run(g, result, scope=args.scope, example_ids=example_ids)
+    out = result.to_json()
+    human = (f"run {result.run_id}: {len(rows)} example(s), {len(result.steps)} logged step(s), final loss "
+             f"{out['final_loss']}\ncheckpoint {result.checkpoint} (parent {result.parent or 'base model'}) in "
+             f"{result.checkpoint_dir}\nloss curve {result.run_dir / 'loss.png'}\n"
+             + _fmt_report(result.before, result.after)
+             + f"\npromote it with: mindloop checkpoints promote {result.checkpoint}")
+    _print(args, out, human)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from trainer.checkpoints import Checkpoints
+    from trainer.evaluate import builtin_probes, evaluate, read_probes
+    from trainer.model import load_model
+
+    from graph import GraphConfig, load_config
+
+    home = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home}).home
+    store = Checkpoints(Path(home) / "checkpoints")
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        promoted = store.promoted()
+        checkpoint = promoted["checkpoint"] if promoted else None
+    elif checkpoint == "base":
+        checkpoint = None
+    manifest = store.get(checkpoint) if checkpoint else None
+    probes = [p for f in args.probes for p in read_probes(f)] if args.probes else builtin_probes()
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    model, tok = load_model(args.model or (manifest or {}).get("base_source", "bundled"),
+                            checkpoint=store.root / checkpoint if checkpoint else None)
+    report = evaluate(model, tok, probes, text=text, checkpoint=checkpoint)
+    lines = [f"checkpoint {checkpoint or 'base model'}: {len(probes)} probe(s)"]
+    for k, v in report["kinds"].items():
+        lines.append(f"  {k:<11} mean margin {v['mean_margin']:+.3f}  win rate {v['win_rate']:.2f}  (n={v['n']})")
+    lines.append(f"  perplexity {report['perplexity']:.3f}")
+    if "steering" in report:
+        st = report["steering"]
+        lines.append(f"  steering (layer {st['layer']}): consistency {st['consistency']:.3f}, prompt projection "
+                     f"{st['projection']:+.3f}; attention on the instruction {report.get('attention_mass', 0):.3f}")
+    _print(args, report, "\n".join(lines))
+    return 0
+
+
+def _cmd_checkpoints(args) -> int:
+    from trainer.checkpoints import Checkpoints
+
+    from graph import GraphConfig, load_config
+
+    home = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home}).home
+    store = Checkpoints(Path(home) / "checkpoints")
+    action = args.checkpoints_command
+    if action == "list":
+        promoted = store.promoted()
+        items = store.list()
+        current = promoted["checkpoint"] if promoted else None
+        lines = [f"{len(items)} checkpoint(s); promoted: {current or 'none (base model)'}"]
+        for m in items:
+            mark = "*" if m["id"] == current else " "
+            if "error" in m:
+                lines.append(f" {mark} {m['id']}  UNREADABLE: {m['error']}")
+            else:
+                lines.append(f" {mark} {m['id']}  {m['kind']:<4}  parent {m.get('parent') or 'base'}  run {m.get('run')}")
+        _print(args, {"promoted": current, "checkpoints": items}, "\n".join(lines))
+        return 0
+    if action == "show":
+        m = store.get(args.id)
+        metrics = m.get("metrics", {})
+        _print(args, m, f"{m['id']} ({m['kind']}, base {m.get('base_model')}, parent {m.get('parent') or 'base'}, "
+                        f"run {m.get('run')})\n" + _fmt_report(metrics.get("before"), metrics.get("after")))
+        return 0
+    with _open_graph(args) as g:
+        if action == "promote":
+            pointer = store.promote(args.id, reason="manual")
+            _set_checkpoint_status(g, args.id, "promoted")
+            msg = f"promoted {args.id}: the chat model serves it from its next reply"
+        else:
+            before = store.promoted()
+            pointer = store.rollback(reason=args.reason)
+            if before:
+                _set_checkpoint_status(g, before["checkpoint"], "rolled_back")
+            msg = f"rolled back {before['checkpoint'] if before else '-'}; now serving " \
+                  f"{pointer['checkpoint'] if pointer else 'the base model'}"
+    _print(args, {"promoted": pointer}, msg)
+    return 0
+
+
+def _set_checkpoint_status(g, checkpoint_id: str, status: str) -> None:
+    from graph import Checkpoint, NodeNotFound
+
+    try:
+        node = g.get(checkpoint_id)
+    except NodeNotFound:
+        return  # trained outside this data directory's graph
+    if isinstance(node, Checkpoint):
+        node.status = status
+        g.update(node)
+
+
 _COMMANDS = {
     ("log", "import"): _cmd_log_import,
     ("search", None): _cmd_search,
@@ -645,6 +851,12 @@ _COMMANDS = {
     ("flags", "edit"): _cmd_flags,
     ("patterns", None): _cmd_patterns,
     ("compose", None): _cmd_compose,
+    ("train", None): _cmd_train,
+    ("eval", None): _cmd_eval,
+    ("checkpoints", "list"): _cmd_checkpoints,
+    ("checkpoints", "show"): _cmd_checkpoints,
+    ("checkpoints", "promote"): _cmd_checkpoints,
+    ("checkpoints", "rollback"): _cmd_checkpoints,
 }
 
 
@@ -652,14 +864,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     action = (getattr(args, "log_command", None) or getattr(args, "graph_command", None)
-              or getattr(args, "flags_command", None))
+              or getattr(args, "flags_command", None) or getattr(args, "checkpoints_command", None))
     handler = _COMMANDS[(args.command, action)]
     from agents.backends import BackendError
     from graph import GraphError
+    from trainer.errors import TrainerError
 
     try:
         return handler(args)
-    except (GraphError, BackendError) as e:
+    except (GraphError, BackendError, TrainerError) as e:
         print(f"mindloop: error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:

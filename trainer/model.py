@@ -87,7 +87,7 @@ def load_model(source: str = "bundled", *, checkpoint: str | os.PathLike | None 
         if kind == "lora":
             from peft import PeftModel
 
-            base, tokenizer = _pretrained(manifest.get("base_model", source), dtype, device)
+            base, tokenizer = _pretrained(manifest.get("base_source", source), dtype, device)
             return PeftModel.from_pretrained(base, str(folder), is_trainable=True), tokenizer
     except (ValueError, OSError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: cannot load the {kind} checkpoint: {e}") from None

@@ -163,7 +163,7 @@ class _StepLog:
 
         class StepLog(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kw):
-                if logs and state.is_world_process_zero:
+                if logs and "loss" in logs and state.is_world_process_zero:  # not the end-of-training summary
                     row = {"step": state.global_step, **{k: v for k, v in logs.items()
                                                           if isinstance(v, (int, float))}}
                     steps.append(row)
@@ -208,11 +208,18 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
     import torch
     from datasets import Dataset
 
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
     home = Path(home)
     if not rows:
         raise InvalidDataset("the dataset is empty")
+    # one process, or one of several under `accelerate launch` (gloo on CPUs, like the Trainer's own)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
     store = Checkpoints(home / "checkpoints")
-    store.clean()
+    if main:
+        store.clean()
     current = store.promoted()
     parent = current["checkpoint"] if current else None
     parent_dir = store.root / parent if parent else None
@@ -232,21 +239,26 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
                                "(apollo-torch, CC-BY-NC licence)") from None
 
     run_id = run_id or f"run_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    if state.num_processes > 1:  # every process uses the main process's run id
+        box = [run_id]
+        broadcast_object_list(box)
+        run_id = box[0]
     run_dir = home / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
     digest = data_hash(rows)
     cfg = {**asdict(config), "learning_rate": config.learning_rate, "context_frozen": config.frozen,
-           "examples": len(rows), "data_hash": digest, "parent": parent}
-    _write(run_dir / "config.json", cfg)
-    _write(run_dir / "versions.json", _versions())
-    (run_dir / "status").write_text("started\n")
+           "examples": len(rows), "data_hash": digest, "parent": parent, "processes": state.num_processes}
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        _write(run_dir / "config.json", cfg)
+        _write(run_dir / "versions.json", _versions())
+        (run_dir / "status").write_text("started\n")
     torch.manual_seed(config.seed)
 
     probes = list(probes) if probes is not None else builtin_probes()
     before = after = None
     direction = None
     targets = [p for p in probes if p.kind == "target"]
-    if config.evaluate:
+    if config.evaluate and main:
         if targets:
             direction = steering_direction(model, tok, targets)
         before = evaluate(model, tok, probes, checkpoint=parent, direction=direction)
@@ -256,15 +268,17 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
         trainer = _build_trainer(config, model, tok, rows, run_dir, progress, steps)
         trainer.train()
         model = trainer.model
-        if config.evaluate:
+        if config.evaluate and main:
             after = evaluate(model, tok, probes, checkpoint=run_id, direction=direction)
-        if steps:
+        if steps and main:
             _loss_curve(steps, run_dir / "loss.png", f"{run_id} ({config.objective}, {config.method}, "
                                                       f"lr {config.learning_rate:g})")
-        _write(run_dir / "metrics.json", {"before": before, "after": after})
+        if main:
+            _write(run_dir / "metrics.json", {"before": before, "after": after})
         checkpoint_id = "ckpt_" + run_id.removeprefix("run_")
         kind = "lora" if config.method == "lora" else "full"
-        manifest = {"kind": kind, "base_model": model_name(config.model), "parent": parent, "run": run_id,
+        manifest = {"kind": kind, "base_model": model_name(config.model), "base_source": config.model,
+                    "parent": parent, "run": run_id,
                     "data_hash": digest, "objective": config.objective, "created": time.time(),
                     "metrics": {"before": before, "after": after}}
 
@@ -276,13 +290,14 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
                 target.save_pretrained(str(folder), safe_serialization=True)
                 tok.save_pretrained(str(folder))
 
-        if trainer.is_world_process_zero():
-            ckpt_dir = store.write(checkpoint_id, save, manifest)
-        else:
-            ckpt_dir = store.root / checkpoint_id
-        (run_dir / "status").write_text("finished\n")
+        ckpt_dir = store.root / checkpoint_id
+        if main:
+            store.write(checkpoint_id, save, manifest)
+            (run_dir / "status").write_text("finished\n")
+        state.wait_for_everyone()
     except BaseException as e:
-        (run_dir / "status").write_text(f"failed: {type(e).__name__}: {e}\n")
+        if main and run_dir.exists():
+            (run_dir / "status").write_text(f"failed: {type(e).__name__}: {e}\n")
         raise
     if on_checkpoint is not None:
         on_checkpoint(checkpoint_id, manifest)
@@ -329,8 +344,49 @@ def _build_trainer(config: TrainConfig, model, tok, rows, run_dir: Path, progres
         args = DPOConfig(**common, beta=config.beta)
         return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
                           callbacks=callbacks)
-    from trl.experimental.kto import KTOConfig, KTOTrainer
+    from trl import KTOConfig, KTOTrainer
 
     args = KTOConfig(**common, beta=config.beta)
     return KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
                       callbacks=callbacks)
+
+
+def record_run(graph, result: TrainResult, *, scope: str | None = None, example_ids: Sequence[str] = ()) -> dict:
+    """Write the run, its checkpoint and its evaluations into the memory graph.
+
+    Nodes: ``Run`` (config, final metrics), ``Checkpoint`` (path, parent, manifest),
+    ``Eval`` before and after. Edges: ``trained_on`` (run -> each example),
+    ``produced`` (run -> checkpoint), ``evaluated`` (eval -> the checkpoint it measured).
+    """
+    from graph import Checkpoint, Eval, NodeNotFound, Run
+
+    scope = graph.resolve_scope(scope)
+    cfg = result.config
+    run = Run(scope=scope, id=result.run_id, objective=cfg["objective"], method=cfg["method"], status="finished",
+              base_model=model_name(cfg["model"]), config=cfg, finished=time.time(),
+              metrics={"before": result.before, "after": result.after,
+                       "final_loss": result.steps[-1].get("loss") if result.steps else None})
+    with graph.transaction():
+        graph.add(run)
+        for eid in example_ids:
+            try:
+                graph.get(eid, scope)
+            except NodeNotFound:
+                continue
+            graph.link(run.id, eid, "trained_on")
+        ckpt = Checkpoint(scope=scope, id=result.checkpoint, path=str(result.checkpoint_dir), parent=result.parent,
+                          base_model=run.base_model, status="candidate",
+                          manifest={"run": result.run_id, "data_hash": result.data_hash})
+        graph.add(ckpt, [(run.id, ckpt.id, "produced")])
+        for when, metrics, target in (("before", result.before, result.parent), ("after", result.after, ckpt.id)):
+            if metrics is None:
+                continue
+            ev = Eval(scope=scope, checkpoint=target, probes=f"{when} {result.run_id}", metrics=metrics)
+            graph.add(ev)
+            if target is not None:
+                try:
+                    graph.get(target, scope)
+                    graph.link(ev.id, target, "evaluated")
+                except NodeNotFound:
+                    pass
+    return {"run": run.id, "checkpoint": ckpt.id}
