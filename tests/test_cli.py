@@ -12,7 +12,9 @@ from agents.cli import build_parser, main
 
 SUBCOMMANDS = [[], ["log"], ["log", "import"], ["search"], ["graph"], ["graph", "stats"], ["forget"], ["export"],
                ["import"], ["chat"], ["serve"], ["detect"], ["flags"], ["flags", "list"], ["flags", "show"],
-               ["flags", "confirm"], ["flags", "reject"], ["flags", "edit"], ["patterns"], ["compose"]]
+               ["flags", "confirm"], ["flags", "reject"], ["flags", "edit"], ["patterns"], ["compose"], ["train"],
+               ["eval"], ["checkpoints"], ["checkpoints", "list"], ["checkpoints", "show"],
+               ["checkpoints", "promote"], ["checkpoints", "rollback"]]
 
 CONVERSATIONS = [
     {"session": "s1", "messages": [
@@ -135,4 +137,4 @@ def test_console_script_entry_point(home):
 def test_parser_lists_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import", "chat", "serve", "detect",
-                                "flags", "patterns", "compose"}
+                                "flags", "patterns", "compose", "train", "eval", "checkpoints"}

@@ -266,6 +266,10 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
     steps: list[dict[str, Any]] = []
     try:
         trainer = _build_trainer(config, model, tok, rows, run_dir, progress, steps)
+        if not progress:  # without progress bars transformers prints each log dict to stdout; ours go to steps.jsonl
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         trainer.train()
         model = trainer.model
         if config.evaluate and main:
