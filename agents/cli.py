@@ -678,32 +678,9 @@ def _cmd_compose(args) -> int:
     return 0
 
 
-def _fmt_report(before: dict | None, after: dict | None) -> str:
-    """A before/after table of an evaluation report."""
-    if before is None and after is None:
-        return "(not evaluated)"
-    rows = [("metric", "before", "after")]
-    kinds = sorted(set((before or {}).get("kinds", {})) | set((after or {}).get("kinds", {})))
-    for k in kinds:
-        for m, label in (("mean_margin", "mean margin"), ("win_rate", "win rate")):
-            b = (before or {}).get("kinds", {}).get(k, {}).get(m)
-            a = (after or {}).get("kinds", {}).get(k, {}).get(m)
-            rows.append((f"{k} {label}", "-" if b is None else f"{b:+.3f}", "-" if a is None else f"{a:+.3f}"))
-    for key, label in (("perplexity", "perplexity"), ("attention_mass", "attention on instruction")):
-        b, a = (before or {}).get(key), (after or {}).get(key)
-        rows.append((label, "-" if b is None else f"{b:.3f}", "-" if a is None else f"{a:.3f}"))
-    b, a = (before or {}).get("steering", {}), (after or {}).get("steering", {})
-    if b or a:
-        rows.append((f"steering projection (layer {(b or a).get('layer')})",
-                     "-" if not b else f"{b['projection']:+.3f}", "-" if not a else f"{a['projection']:+.3f}"))
-        rows.append(("steering consistency", "-" if not b else f"{b['consistency']:.3f}",
-                     "-" if not a else f"{a['consistency']:.3f}"))
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(f"  {r[0]:<{width}}  {r[1]:>9}  {r[2]:>9}" for r in rows)
-
-
 def _cmd_train(args) -> int:
     from trainer.data import read_dataset, rows_from_examples
+    from trainer.evaluate import format_comparison
     from trainer.evaluate import builtin_probes, probes_from_examples
     from trainer.run import TrainConfig, record_run, train
 
@@ -740,7 +717,7 @@ def _cmd_train(args) -> int:
     human = (f"run {result.run_id}: {len(rows)} example(s), {len(result.steps)} logged step(s), final loss "
              f"{out['final_loss']}\ncheckpoint {result.checkpoint} (parent {result.parent or 'base model'}) in "
              f"{result.checkpoint_dir}\nloss curve {result.run_dir / 'loss.png'}\n"
-             + _fmt_report(result.before, result.after)
+             + format_comparison(result.before, result.after)
              + f"\npromote it with: mindloop checkpoints promote {result.checkpoint}")
     _print(args, out, human)
     return 0
@@ -801,10 +778,12 @@ def _cmd_checkpoints(args) -> int:
         _print(args, {"promoted": current, "checkpoints": items}, "\n".join(lines))
         return 0
     if action == "show":
+        from trainer.evaluate import format_comparison
+
         m = store.get(args.id)
         metrics = m.get("metrics", {})
         _print(args, m, f"{m['id']} ({m['kind']}, base {m.get('base_model')}, parent {m.get('parent') or 'base'}, "
-                        f"run {m.get('run')})\n" + _fmt_report(metrics.get("before"), metrics.get("after")))
+                        f"run {m.get('run')})\n" + format_comparison(metrics.get("before"), metrics.get("after")))
         return 0
     with _open_graph(args) as g:
         if action == "promote":

@@ -2,7 +2,8 @@
 
     make demo                       # or: .venv/bin/python examples/00_demo.py [--home DIR]
 
-Expected runtime: about 2 minutes on 2 CPU cores (loading MiniLM and SmolLM2, generating replay answers).
+Expected runtime: about 5 minutes on 2 CPU cores (loading the models, generating replay answers, training and
+evaluating before and after).
 Offline.
 
 Today (memory graph, agent loop and training-signal agent landed):
@@ -24,7 +25,12 @@ Today (memory graph, agent loop and training-signal agent landed):
    the flags into patterns, confirms the confident ones (standing in for a
    reviewer: ``signal.auto_confirm_above = 0.9``) and composes the pattern's
    balanced examples (accept, push-back, general replay answered by the
-   bundled model), printing the counts by kind.
+   bundled model), printing the counts by kind;
+4. the trainer trains the demo pattern (SFT, LoRA, context-frozen gradient,
+   one epoch) and prints the before/after table: target, push-back and
+   capability probes, perplexity, the steering readout and attention on the
+   instruction. The candidate checkpoint is written but not promoted
+   (promotion is the observer's gate, next issue).
 
 Each run starts from a fresh data directory (``./demo-data`` unless
 ``--home`` is given; its old contents are removed), so re-running is safe.
@@ -112,7 +118,7 @@ def chat_through_the_loop(graph: MemoryGraph, agent, backend) -> None:
         loop.close()
 
 
-def training_signal(graph: MemoryGraph, agent, backend) -> None:
+def training_signal(graph: MemoryGraph, agent, backend):
     from collections import Counter
 
     from agents.compose import compose
@@ -140,7 +146,7 @@ def training_signal(graph: MemoryGraph, agent, backend) -> None:
                       f"({', '.join(f'{k} {v}' for k, v in sorted(d['by_status'].items()))})")
     if not patterns:
         console.print("[red]no pattern found[/]")
-        return
+        return None
     top = patterns[0]
     t = time.perf_counter()
     made = compose(graph, top, embedder=agent.detector.embedder, backend=backend, detector=agent.detector)
@@ -154,6 +160,29 @@ def training_signal(graph: MemoryGraph, agent, backend) -> None:
     console.print(f"{counts['total']} examples, {counts['preference_pairs']} preference pairs; sources: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(counts["sources"].items()))
                   + f"; near-duplicates dropped {counts['dropped_duplicates']}")
+    return top, made
+
+
+def train_the_pattern(graph: MemoryGraph, pattern, made) -> None:
+    from trainer.data import rows_from_examples
+    from trainer.evaluate import builtin_probes, format_comparison, probes_from_examples
+    from trainer.run import TrainConfig, record_run, train
+
+    train_examples = [e for e in made.examples if e.split == "train"]
+    held = probes_from_examples([e for e in made.examples if e.split == "heldout"])
+    probes = builtin_probes() + held
+    console.print(f"training on {len(train_examples)} examples (SFT, LoRA, lr 1e-4, context-frozen, 1 epoch); "
+                  f"evaluating on {len(probes)} probes ({len(held)} held out from the pattern) before and after ...")
+    t = time.perf_counter()
+    result = train(TrainConfig(), rows_from_examples(train_examples, "sft"), home=graph.config.home,
+                   probes=probes, progress=False)
+    record_run(graph, result, example_ids=[e.id for e in train_examples])
+    losses = [s["loss"] for s in result.steps]
+    console.print(f"run {result.run_id}: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+                  f"{time.perf_counter() - t:.0f}s with both evaluations; loss curve {result.run_dir / 'loss.png'}")
+    console.print(format_comparison(result.before, result.after), markup=False)
+    console.print(f"candidate checkpoint {result.checkpoint} (parent: base model), not promoted: "
+                  f"mindloop checkpoints promote {result.checkpoint}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         chat_through_the_loop(graph, agent, backend)
 
         console.rule("[bold]the training-signal agent: detect -> flag -> pattern -> compose")
-        training_signal(graph, agent, backend)
+        found = training_signal(graph, agent, backend)
         backend.close()
+        if found:
+            console.rule("[bold]the trainer: a conditional update, measured before and after")
+            train_the_pattern(graph, *found)
 
     console.rule()
     console.print(f"done in {time.perf_counter() - started:.1f}s. Try it yourself:")
@@ -220,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop flags list    # review: flags show|confirm|reject|edit")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop patterns")
     console.print("  .venv/bin/mindloop detect --eval agents/data/seed.jsonl --split heldout")
-    console.print("Coming with the next issues: training, the observer and the scheduler.")
+    console.print("Coming with the next issues: the observer's gate and watch, and the scheduler.")
     return 0
 
 

@@ -36,5 +36,6 @@ def test_example_runs(path, tmp_path):
         assert "signal: this turn corrects the previous reply" in text
         assert "pattern pattern_" in text and "unwanted alternatives" in text
         assert "compose --pattern" in text and "accept" in text and "pushback" in text and "general" in text
+        assert "target mean margin" in text and "perplexity" in text and "candidate checkpoint ckpt_" in text
     else:
         assert "neighbours of the correction: True" in text

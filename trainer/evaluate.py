@@ -34,8 +34,8 @@ from typing import Any, Iterable, Sequence
 from trainer.errors import InvalidDataset
 from trainer.scoring import response_logprob
 
-__all__ = ["KINDS", "Probe", "builtin_probes", "default_text", "evaluate", "perplexity", "probes_from_examples",
-           "read_probes", "steering_direction"]
+__all__ = ["KINDS", "Probe", "builtin_probes", "default_text", "evaluate", "format_comparison", "perplexity",
+           "probes_from_examples", "read_probes", "steering_direction"]
 
 KINDS = ("target", "pushback", "capability")
 
@@ -252,6 +252,31 @@ def evaluate(model, tokenizer, probes: Sequence[Probe], *, text: str | None = No
         return report
     finally:
         model.train(was_training)
+
+
+def format_comparison(before: dict | None, after: dict | None) -> str:
+    """A before/after table of two :func:`evaluate` reports (either may be None)."""
+    if before is None and after is None:
+        return "(not evaluated)"
+    rows = [("metric", "before", "after")]
+    kinds = sorted(set((before or {}).get("kinds", {})) | set((after or {}).get("kinds", {})))
+    for k in kinds:
+        for m, label in (("mean_margin", "mean margin"), ("win_rate", "win rate")):
+            b = (before or {}).get("kinds", {}).get(k, {}).get(m)
+            a = (after or {}).get("kinds", {}).get(k, {}).get(m)
+            spec = "+.3f" if m == "mean_margin" else ".3f"
+            rows.append((f"{k} {label}", "-" if b is None else format(b, spec), "-" if a is None else format(a, spec)))
+    for key, label in (("perplexity", "perplexity"), ("attention_mass", "attention on instruction")):
+        b, a = (before or {}).get(key), (after or {}).get(key)
+        rows.append((label, "-" if b is None else f"{b:.3f}", "-" if a is None else f"{a:.3f}"))
+    b, a = (before or {}).get("steering", {}), (after or {}).get("steering", {})
+    if b or a:
+        rows.append((f"steering projection (layer {(b or a).get('layer')})",
+                     "-" if not b else f"{b['projection']:+.3f}", "-" if not a else f"{a['projection']:+.3f}"))
+        rows.append(("steering consistency", "-" if not b else f"{b['consistency']:.3f}",
+                     "-" if not a else f"{a['consistency']:.3f}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {r[0]:<{width}}  {r[1]:>9}  {r[2]:>9}" for r in rows)
 
 
 def probe_json(p: Probe) -> dict[str, Any]:

@@ -58,6 +58,13 @@ def _pretrained(source: str, dtype, device: str):
         raise ModelUnavailable(f"cannot load model {source!r}: {e}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if "gguf_file" in kw:
+        # transformers dequantises GGUF weights to ``dtype`` but keeps its GGUF "quantizer" attached, and
+        # Trainer refuses to fine-tune a model marked as quantized; the weights are plain tensors, so unmark it
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     return model.to(device), tokenizer
 
 

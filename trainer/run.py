@@ -322,7 +322,7 @@ def _build_trainer(config: TrainConfig, model, tok, rows, run_dir: Path, progres
                   lr_scheduler_type="constant", max_length=config.max_length,
                   # the frozen loss runs the response on the prompt's KV cache, which gradient
                   # checkpointing turns off; it saves the memory checkpointing would have saved anyway
-                  gradient_checkpointing=not config.frozen)
+                  activation_checkpointing=not config.frozen)
     peft_config = None
     if config.method == "lora":
         from peft import LoraConfig, PeftModel
