@@ -178,19 +178,15 @@ class LocalBackend(ChatBackend):
 
     def _from_pretrained(self, source: str):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if source == "bundled":
-            folder, gguf = bundled_model()
-            kw = {"gguf_file": gguf}
-        else:
-            folder, kw = source, {}
+        from trainer.errors import ModelUnavailable
+        from trainer.model import load_model
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
-        except (OSError, ValueError) as e:
-            raise BackendError(f"cannot load model {source!r}: {e}", status=500) from None
-        return model.to(self.device).eval(), tokenizer
+            model, tokenizer = load_model(source, device=self.device, dtype=torch.float32)
+        except ModelUnavailable as e:
+            raise BackendError(str(e), status=500) from None
+        return model.eval(), tokenizer
 
     def load(self):
         """Load the base model once, follow the promoted checkpoint, and return ``(model, tokenizer)``."""

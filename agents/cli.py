@@ -38,24 +38,42 @@ def _since(value: str) -> float:
         ) from None
 
 
-def _positive(value: str) -> int:
+def _number(value: str, cast: type, test, needs: str):
+    """Parse ``value`` with ``cast``; ``test(x)`` must hold, else argparse reports ``value needs``."""
     try:
-        n = int(value)
+        x = cast(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return n
+        kind = "whole number" if cast is int else "number"
+        raise argparse.ArgumentTypeError(f"{value!r} is not a {kind}") from None
+    if not test(x):
+        raise argparse.ArgumentTypeError(f"{value} {needs}")
+    return x
+
+
+def _positive(value: str) -> int:
+    return _number(value, int, lambda n: n >= 1, "must be at least 1")
 
 
 def _non_negative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return n
+    return _number(value, int, lambda n: n >= 0, "must be 0 or more")
+
+
+def _positive_float(value: str) -> float:
+    return _number(value, float, lambda x: x > 0, "must be more than 0")
+
+
+def _non_negative_float(value: str) -> float:
+    return _number(value, float, lambda x: x >= 0, "must be 0 or more")
+
+
+def _fraction(value: str) -> float:
+    """A number strictly between 0 and 1."""
+    return _number(value, float, lambda x: 0.0 < x < 1.0, "must be between 0 and 1")
+
+
+def _ratio(value: str) -> float:
+    """A number in [0, 1)."""
+    return _number(value, float, lambda x: 0.0 <= x < 1.0, "must be at least 0 and below 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,48 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
                            help="go back to the promoted checkpoint's parent (the base model when it has none)")
     rb.add_argument("--reason", default="manual rollback", help="recorded with the rollback")
     return parser
-
-
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
-    return x
-
-
-def _fraction(value: str) -> float:
-    """A number strictly between 0 and 1."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0.0 < x < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
-    return x
-
-
-def _ratio(value: str) -> float:
-    """A number in [0, 1)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0.0 <= x < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 0 and below 1")
-    return x
-
-
-def _non_negative_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return x
 
 
 def _open_graph(args: argparse.Namespace):
