@@ -377,7 +377,8 @@ def _open_backend(args, g):
     from graph import load_config
 
     model_cfg = load_config(ModelConfig, "model", file=args.config,
-                            overrides={"model": args.model, "upstream": args.upstream, "max_tokens": args.max_tokens})
+                            overrides={"model": getattr(args, "model", None), "upstream": getattr(args, "upstream", None),
+                                       "max_tokens": getattr(args, "max_tokens", None)})
     return make_backend(model_cfg, checkpoints=g.config.home / "checkpoints")
 
 
@@ -475,14 +476,15 @@ def _cmd_detect(args) -> int:
             human = "\n".join(f"{d['score']:+.3f}  {d['turn']}  ({d['session']})" for d in scored)
             _print(args, {"scored": scored}, f"scored {len(scored)} repl(ies) for memory dependence\n" + human)
             return 0
-        from agents.patterns import describe, update_patterns
+        from agents.patterns import describe, model_namer, update_patterns
         from agents.signal import SignalAgent
 
         backend = _open_backend(args, g) if (args.judge or _signal_config(args).judge) == "model" else None
         detector, cfg = _detector(args, g.embedder, backend)
         agent = SignalAgent(g, detector, cfg)
         found = agent.detect_all(scope=args.scope, since=args.since)
-        patterns = update_patterns(g, g.embedder, scope=args.scope, config=cfg)
+        namer = model_namer(backend) if backend is not None else None
+        patterns = update_patterns(g, g.embedder, scope=args.scope, config=cfg, namer=namer)
         summary = [describe(g, p) for p in patterns]
     out = {"pairs": found["pairs"], "skipped": found["skipped"], "threshold": detector.threshold,
            "flags": [f.to_json() for f in found["flags"]], "patterns": summary}
@@ -604,11 +606,14 @@ def _cmd_flags(args) -> int:
 
 
 def _cmd_patterns(args) -> int:
-    from agents.patterns import describe, update_patterns
+    from agents.patterns import describe, model_namer, update_patterns
 
     with _open_graph(args) as g:
         if args.rebuild:
-            update_patterns(g, g.embedder, scope=args.scope, config=_signal_config(args))
+            cfg = _signal_config(args)
+            backend = _open_backend(args, g) if cfg.judge == "model" else None
+            namer = model_namer(backend) if backend is not None else None
+            update_patterns(g, g.embedder, scope=args.scope, config=cfg, namer=namer)
         patterns = [describe(g, p) for p in g.nodes(kind="pattern", scope=args.scope) if p.status != "empty"]
     patterns.sort(key=lambda p: -p["flags"])
     lines = [f"{len(patterns)} pattern(s)"]

@@ -310,7 +310,8 @@ def _finish(graph: MemoryGraph, b: _Builder, out: Composed, store: bool) -> None
                 old.split, old.source, old.rejected = e.split, e.source, e.rejected  # type: ignore[attr-defined]
                 graph.update(old)
             except NodeNotFound:
-                graph.add(e, [(e.id, d, "derived_from") for d in dict.fromkeys(derived)])
+                # every example traces back: to its turns and flags, and always to the pattern it serves
+                graph.add(e, [(e.id, d, "derived_from") for d in dict.fromkeys([*derived, b.pattern.id])])
 
 
 def _assistant(text: str) -> list[dict[str, str]]:

@@ -15,7 +15,8 @@
    at least ``signal.min_pattern_size`` flags; a community keeps the pattern
    most of its flags already belonged to, so ids survive a rebuild;
 3. a pattern's name is its dominant flag type and its most distinctive
-   words (highest in the pattern against all flags, TF-IDF style).
+   words (highest in the pattern against all flags, TF-IDF style), or a
+   short summary from the chat model when a judge is configured.
 
 :func:`join_pattern` is the cheap path the chat loop takes for one new flag:
 it joins the pattern whose centre is closest, when close enough.
@@ -27,7 +28,7 @@ import math
 import re
 import time
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from agents.rules import FAMILIES, apply_rules
 from graph import Embedder, Flag, MemoryGraph, NodeNotFound, Pattern
 from graph.records import FlagType
 
-__all__ = ["describe", "flag_vectors", "join_pattern", "pattern_name", "resolve_pattern", "update_patterns"]
+__all__ = ["describe", "flag_vectors", "join_pattern", "model_namer", "pattern_name", "resolve_pattern", "update_patterns"]
 
 _STOP = set("""a an the to of in on for and or but is it this that these those i you me my your we our with be as
 at by it's i'm was are do did does not no so just please can could would should will what which how why when
@@ -103,8 +104,30 @@ def _set_membership(graph: MemoryGraph, flag_id: str, pattern_id: str | None) ->
         graph.link(flag_id, pattern_id, "member_of")
 
 
-def update_patterns(graph: MemoryGraph, embedder: Embedder, *, scope: str | None = None, config=None) -> list[Pattern]:
-    """Recompute similarity edges, communities and patterns for ``scope``; returns its patterns, largest first."""
+def model_namer(backend) -> Callable[[Sequence[Flag]], str | None]:
+    """A pattern namer that asks a chat model (used when ``signal.judge = "model"``); None on any failure."""
+
+    def name(members: Sequence[Flag]) -> str | None:
+        lines = "\n".join(f"- {f.reason.split(' || ')[0][:160]}" for f in members[:8])
+        prompt = ("These are corrections users gave an assistant. Name the assistant's common mistake in at most "
+                  f"six words, no punctuation:\n{lines}")
+        try:
+            text = backend.complete([{"role": "user", "content": prompt}], max_tokens=16, temperature=0.0)
+        except Exception:  # the name is a nicety; the pattern stands without it
+            return None
+        text = " ".join(text.strip().strip(".\"'").split()[:8])
+        return text or None
+
+    return name
+
+
+def update_patterns(graph: MemoryGraph, embedder: Embedder, *, scope: str | None = None, config=None,
+                    namer: Callable[[Sequence[Flag]], str | None] | None = None) -> list[Pattern]:
+    """Recompute similarity edges, communities and patterns for ``scope``; returns its patterns, largest first.
+
+    ``namer`` (e.g. :func:`model_namer`) names a pattern from its flags; without one, or when it gives
+    nothing, the name is the dominant type and the most distinctive words.
+    """
     from agents.signal import SignalConfig
 
     config = config or SignalConfig()
@@ -134,6 +157,10 @@ def update_patterns(graph: MemoryGraph, embedder: Embedder, *, scope: str | None
             votes = Counter(current[f.id] for f in members if current.get(f.id) in existing)
             votes = Counter({p: n for p, n in votes.items() if p not in kept})
             name = pattern_name(members, flags)
+            if namer is not None:
+                named = namer(members)
+                if named:
+                    name = named
             if votes:
                 pattern = existing[votes.most_common(1)[0][0]]
                 pattern.name = name

@@ -256,3 +256,23 @@ def test_trl_rows_shapes():
     assert rows["sft"][0]["completion"] == [{"role": "assistant", "content": "hello"}]
     assert rows["pairs"][0]["rejected"] == [{"role": "assistant", "content": "go away"}]
     assert [r["label"] for r in rows["kto"]] == [True, False]
+
+
+def test_a_configured_model_names_the_pattern(graph, agent, detector):
+    from agents.patterns import model_namer
+
+    _log_alternatives(graph)
+    agent.detect_all()
+    namer_model = ScriptedBackend(["Suggests alternatives instead of doing it."])
+    [top, *_] = update_patterns(graph, detector.embedder, namer=model_namer(namer_model))
+    assert top.name == "Suggests alternatives instead of doing it"
+    assert "corrections users gave" in namer_model.calls[0][0]["content"]
+    broken = ScriptedBackend(fail=RuntimeError("down"))
+    assert update_patterns(graph, detector.embedder, namer=model_namer(broken))[0].name.startswith("unwanted")
+
+
+def test_every_example_traces_back_to_its_pattern(graph, agent, detector):
+    pattern = _pattern(graph, agent, detector)
+    made = compose(graph, pattern, embedder=detector.embedder, detector=detector)
+    for e in made.examples:
+        assert pattern.id in {x.dst for x in graph.edges(e.id, kinds=["derived_from"], direction="out")}
