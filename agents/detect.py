@@ -411,6 +411,13 @@ class Detector:
                     and w.meta.get("feature_version") == FEATURE_VERSION and w.meta.get("families") == list(FAMILIES))
             if fits or weights_path:
                 return cls(embedder, w, reader=reader, threshold=threshold, judge=judge)
+        if reader is not None:
+            # training with a reader reads every seed pair with the chat model: minutes on a CPU, too slow to
+            # do when a chat or a proxy starts. Use the rules + tf-idf form for this embedder instead.
+            log.warning("no shipped reader weights fit embedder %s and reader %s; using the detector without a "
+                        "reader (`mindloop detect --train` builds reader weights for them)", embedder.name,
+                        reader_name)
+            return cls.load(embedder, threshold=threshold, judge=judge)
         key = (embedder.name, reader_name)
         if key not in _TRAINED:
             log.info("training the correction detector for %s from the seed set", key)

@@ -133,6 +133,7 @@ def test_a_reader_adds_its_features_and_must_match_the_weights(tiny_lm):
     pairs = seed_pairs("train")[:40]
     x = reader.features(pairs[:3])
     assert x.shape == (3, 32) and np.isfinite(x).all()
+    assert np.allclose(x, reader._features_full(pairs[:3]), atol=1e-5)  # stopping at the layer changes nothing
     assert not np.allclose(x[0], x[1])  # different follow-ups read differently
     w = train(pairs, HashingEmbedder(), reader=reader, folds=2)
     assert w.meta["reader"] == reader.name and w.mean.shape[0] == 32 + len(w.meta["families"]) + 4 + 11 + 2
@@ -140,7 +141,7 @@ def test_a_reader_adds_its_features_and_must_match_the_weights(tiny_lm):
     assert len(d.score(pairs[:5])) == 5
     with pytest.raises(InvalidRecord, match="need reader"):
         Detector(HashingEmbedder(), w)
-    with pytest.raises(ValueError, match="layer 9 does not exist"):
+    with pytest.raises(ValueError, match="layer 9 does not exist; the model has 2 layers"):
         Reader(str(tiny_lm), layer=9).features(pairs[:1])
 
 
