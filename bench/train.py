@@ -168,7 +168,8 @@ def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int) -
     peak_kb = max(peak_kb, _status_kb("VmHWM") - base_kb)
     return {"mode": mode, "prompt": prompt_len, "response": response_len, "warmup_s": round(warm, 3),
             "step_s": [round(t, 4) for t in times], "median_s": round(statistics.median(times), 4),
-            "cpu_per_wall": round(statistics.median(cpu[1:]), 2), "peak_mb": round(peak_kb / 1024, 1), "grads_mb": round(grad_kb / 1024, 1),
+            "cpu_per_wall": round(statistics.median(cpu[1:]), 2),
+            "peak_mb": round(peak_kb / 1024, 1), "grads_mb": round(grad_kb / 1024, 1),
             "peak_without_grads_mb": round((peak_kb - grad_kb) / 1024, 1),
             "baseline_rss_mb": round(base_kb / 1024, 1), "kept_after_warmup_mb": round((warm_kb - base_kb) / 1024, 1),
             "step_peak_mb": round(step_peak_kb / 1024, 1)}
