@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                            parents=[common, model_opts])
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; others need MINDLOOP_API_TOKEN)")
     serve.add_argument("--port", type=_positive, help="TCP port (default 8000)")
+    serve.add_argument("--daemon", action="store_true",
+                       help="also run the scheduler (`mindloop daemon`) in a background thread")
 
     restore = sub.add_parser("import", help="load a file written by `mindloop export`", parents=[common])
     restore.add_argument("file", help="the export file ('-' for standard input)")
@@ -240,7 +242,37 @@ def build_parser() -> argparse.ArgumentParser:
     rb = ck_sub.add_parser("rollback", parents=[common],
                            help="go back to the promoted checkpoint's parent (the base model when it has none)")
     rb.add_argument("--reason", default="manual rollback", help="recorded with the rollback")
+
+    obs = sub.add_parser("observe", parents=[common],
+                         help="surface-observe: per checkpoint the windows, rate tests and verdicts; alerts; rollbacks")
+    obs.add_argument("--scope", help="scope of the turns and flags (default: the configured scope)")
+    act = obs.add_mutually_exclusive_group()
+    act.add_argument("--gate", metavar="CHECKPOINT", help="run the gate on a candidate checkpoint")
+    act.add_argument("--watch", action="store_true",
+                     help="assess the checkpoint in use now; on a significant rise raise an alert and roll back")
+    act.add_argument("--resolve", metavar="ALERT", help="close an open alert (the scheduler waits while one is open)")
+    obs.add_argument("--promote", action="store_true", help="with --gate: promote the candidate when it passes")
+
+    daemon = sub.add_parser("daemon", parents=[common, model_opts],
+                            help="the scheduler: when a pattern is ripe, compose, train, gate, promote and watch")
+    _scheduler_options(daemon)
+    daemon.add_argument("--once", action="store_true", help="one tick (a whole cycle when a pattern is ripe), then exit")
+
+    status = sub.add_parser("status", parents=[common],
+                            help="patterns and their readiness, the queue, the checkpoint in use, runs, verdicts, alerts")
+    status.add_argument("--scope", help="scope (default: the configured scope)")
     return parser
+
+
+def _scheduler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--interval", type=_positive_float, help="seconds between ticks (default 60)")
+    p.add_argument("--min-flags", type=_positive, help="confirmed untrained flags that make a pattern ripe (default 20)")
+    p.add_argument("--cooldown", type=_non_negative_float, help="seconds between runs of one pattern (default 21600)")
+    p.add_argument("--idle", type=_non_negative_float, help="seconds without a chat turn before training (default 600)")
+    p.add_argument("--method", choices=["lora", "full"], help="what to train (default lora)")
+    p.add_argument("--max-steps", type=_positive, help="cap on training steps per run (default: one epoch)")
+    p.add_argument("--no-generate", dest="generate", action="store_false", default=None,
+                   help="compose without the model: references for general replay")
 
 
 def _open_graph(args: argparse.Namespace):
@@ -450,13 +482,190 @@ def _cmd_serve(args) -> int:
         if args.scope:
             g.config.scope = args.scope
         loop = _open_loop(args, g)
+        stop, worker = None, None
+        if args.daemon:
+            import threading
+
+            scheduler = _scheduler(args, g)
+            stop = threading.Event()
+            worker = threading.Thread(target=scheduler.run_forever, args=(stop,), name="mindloop-scheduler",
+                                      daemon=True)
+            worker.start()
         try:
-            print(f"mindloop proxy on http://{cfg.host}:{cfg.port}/v1 (model {loop.backend.model_id}); Ctrl-C stops",
-                  file=sys.stderr)
+            print(f"mindloop proxy on http://{cfg.host}:{cfg.port}/v1 (model {loop.backend.model_id}"
+                  f"{'; scheduler running' if worker else ''}); Ctrl-C stops", file=sys.stderr)
             uvicorn.run(create_app(loop, cfg), host=cfg.host, port=cfg.port, log_level="warning")
         finally:
+            if worker is not None:
+                stop.set()  # type: ignore[union-attr]
+                worker.join()
             loop.close()
             loop.backend.close()
+    return 0
+
+
+def _scheduler(args, g, *, say=None):
+    from agents.observe import ObserveConfig
+    from agents.scheduler import Scheduler, SchedulerConfig
+    from graph import load_config
+
+    cfg = load_config(SchedulerConfig, "scheduler", file=args.config, overrides={
+        "interval_s": getattr(args, "interval", None), "min_flags": getattr(args, "min_flags", None),
+        "cooldown_s": getattr(args, "cooldown", None), "idle_s": getattr(args, "idle", None),
+        "method": getattr(args, "method", None), "max_steps": getattr(args, "max_steps", None),
+        "generate": getattr(args, "generate", None), "model": getattr(args, "model", None)})
+    observe = load_config(ObserveConfig, "observe", file=args.config)
+    detector = None
+    if cfg.generate:
+        try:
+            detector, _ = _detector(args, g.embedder)
+        except Exception as e:  # noqa: BLE001 - compose checks generated replies with it when it loads
+            print(f"mindloop: note: composing without the detector ({e})", file=sys.stderr)
+    return Scheduler(g, cfg, observe=observe, scope=getattr(args, "scope", None),
+                     backend_factory=lambda: _open_backend(args, g), detector=detector,
+                     say=say or (lambda msg: print(f"[scheduler {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr)))
+
+
+def _cmd_daemon(args) -> int:
+    with _open_graph(args) as g:
+        if args.scope:
+            g.config.scope = args.scope
+        scheduler = _scheduler(args, g)
+        try:
+            if args.once:
+                state = scheduler.tick()
+                out = {k: state.get(k) for k in ("phase", "pattern", "run_id", "checkpoint", "note", "error", "last")}
+                _print(args, out, f"phase {out['phase'] or 'wait'}: {out['note'] or out['error'] or ''}")
+            else:
+                print(f"mindloop daemon: ticking every {scheduler.config.interval_s:g}s; Ctrl-C stops", file=sys.stderr)
+                scheduler.run_forever()
+        finally:
+            scheduler.close()
+    return 0
+
+
+def _cmd_observe(args) -> int:
+    from agents import observe as ob
+    from trainer.checkpoints import Checkpoints
+
+    from graph import load_config
+
+    cfg = load_config(ob.ObserveConfig, "observe", file=args.config)
+    with _open_graph(args) as g:
+        store = Checkpoints(Path(g.config.home) / "checkpoints")
+        if args.gate:
+            result = ob.gate_checkpoint(g, store, args.gate, cfg, scope=args.scope)
+            lines = [f"gate for {args.gate} (parent {result.parent or 'base model'}): "
+                     f"{'PASS' if result.promote else 'REJECT'}"]
+            lines += [f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}" for c in result.checks]
+            out = result.to_json()
+            if result.promote and args.promote:
+                ob.promote(g, store, args.gate, reason="gate passed (mindloop observe --gate --promote)")
+                lines.append(f"promoted {args.gate}")
+                out["promoted"] = True
+            _print(args, out, "\n".join(lines))
+            return 0 if result.promote else 1
+        if args.resolve:
+            from graph import Alert
+
+            alert = g.get(args.resolve, args.scope)
+            if not isinstance(alert, Alert):
+                print(f"mindloop: error: {args.resolve} is a {alert.KIND.value}, not an alert", file=sys.stderr)
+                return 2
+            alert.status = "resolved"
+            g.update(alert)
+            _print(args, {"resolved": alert.id}, f"resolved {alert.id}")
+            return 0
+        if args.watch:
+            verdict = ob.watch(g, store, cfg, scope=args.scope)
+            _print(args, verdict, _format_assessment(verdict) + (
+                f"\nALERT {verdict['alert']}: rolled back {verdict['id']}" if verdict.get("rolled_back") else ""))
+            return 0
+        rep = ob.report(g, store, cfg, scope=args.scope)
+    lines = [f"in use: {rep['in_use'] or 'the base model'}"]
+    for c in rep["checkpoints"]:
+        lines.append(_format_assessment(c))
+    opened = [a for a in rep["alerts"] if a["open"]]
+    lines.append(f"alerts: {len(rep['alerts'])} ({len(opened)} open)")
+    for a in rep["alerts"][:10]:
+        lines.append(f"  {'OPEN ' if a['open'] else '     '}{a['id']} [{a['kind']}] {a['message']}"
+                     + (f" -> {a['action']}" if a.get("action") else ""))
+    for r in rep["rollbacks"]:
+        lines.append(f"rollback {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['at']))}: {r['checkpoint']} -> "
+                     f"{r['to'] or 'base model'} ({r['reason']})")
+    _print(args, rep, "\n".join(lines))
+    return 0
+
+
+def _format_assessment(c: dict) -> str:
+    if "tests" not in c:
+        return f"{c.get('id') or 'base model'}: {c['verdict']}"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["promoted_at"]))
+    lines = [f"{c['id']} (promoted {when} after {c['parent'] or 'base model'}; pattern {c.get('pattern') or '-'}): "
+             f"{c['verdict'].upper()}  turns before {c['n_before']}, after {c['n_after']}"]
+    for t in c["tests"]:
+        rates = f"{t['before_rate'] if t['before_rate'] is not None else '-'} -> " \
+                f"{t['after_rate'] if t['after_rate'] is not None else '-'}"
+        p = f"p={t['p_value']:.4f}" if t["p_value"] is not None else ""
+        lines.append(f"    {t['what']:<48} {rates:<18} {p:<10} {t['verdict']}")
+    return "\n".join(lines)
+
+
+def _cmd_status(args) -> int:
+    from agents import observe as ob
+    from agents.scheduler import Scheduler, SchedulerConfig, readiness
+    from trainer.checkpoints import Checkpoints
+
+    from graph import load_config
+
+    cfg = load_config(SchedulerConfig, "scheduler", file=args.config)
+    ocfg = load_config(ob.ObserveConfig, "observe", file=args.config)
+    with _open_graph(args) as g:
+        store = Checkpoints(Path(g.config.home) / "checkpoints")
+        ready = readiness(g, cfg, scope=args.scope)
+        scheduler = Scheduler(g, cfg, observe=ocfg, scope=args.scope)
+        try:
+            sched = scheduler.state()
+        finally:
+            scheduler.close()
+        runs = [{"id": r.id, "status": r.status, "pattern": r.config.get("pattern"),  # type: ignore[attr-defined]
+                 "created": r.created, "checkpoint": next((e.dst for e in g.edges(r.id, kinds=["produced"],
+                                                                                  direction="out")), None)}
+                for r in sorted(g.nodes(kind="run", scope=args.scope), key=lambda r: -r.created)[:5]]
+        rep = ob.report(g, store, ocfg, scope=args.scope)
+    promoted = store.promoted()
+    out = {"in_use": promoted["checkpoint"] if promoted else None,
+           "scheduler": {k: sched.get(k) for k in ("phase", "pattern", "run_id", "checkpoint", "note", "error",
+                                                    "last", "resuming")},
+           "patterns": ready, "queue": [r["pattern"] for r in ready if r["ripe"]],
+           "runs": runs,
+           "watch": [{k: c[k] for k in ("id", "verdict", "n_before", "n_after")} for c in rep["checkpoints"]],
+           "alerts": [a for a in rep["alerts"] if a["open"]]}
+    s = out["scheduler"]
+    lines = [f"in use: {out['in_use'] or 'the base model'}",
+             f"scheduler: phase {s['phase'] or 'wait'}"
+             + (f", pattern {s['pattern']}, run {s['run_id']}" if s.get("run_id") else "")
+             + (f" ({s['note']})" if s.get("note") else "")
+             + (f"; resumes at {s['resuming'][0]}" if s.get("resuming") else "")]
+    if s.get("last"):
+        last = s["last"]
+        lines.append(f"last cycle: {last.get('pattern')} run {last.get('run')} -> {last.get('verdict')}"
+                     + (f" ({last['error']})" if last.get("error") else ""))
+    lines.append(f"patterns ({len(ready)}; queue: {', '.join(out['queue']) or 'empty'}):")
+    for r in ready:
+        lines.append(f"  {'RIPE ' if r['ripe'] else '     '}{r['pattern']} {r['name'][:40]!r}: {r['confirmed']} "
+                     f"confirmed, {r['untrained']} untrained; plan lr {r['plan']['lr']:g}, general "
+                     f"{r['plan']['general_ratio']:.0%}, examples {r['plan']['max_examples'] or 'all'}"
+                     + (f"; waiting for {'; '.join(r['waiting_for'])}" if r["waiting_for"] else ""))
+        for adj in r["adjustments"][-2:]:
+            lines.append(f"        adjusted: {adj['why']} -> {adj['to']}")
+    lines.append("recent runs: " + (", ".join(f"{r['id']} ({r['status']})" for r in out["runs"]) or "none"))
+    for w in out["watch"][-3:]:
+        lines.append(f"watch {w['id']}: {w['verdict']} (turns before {w['n_before']}, after {w['n_after']})")
+    lines.append(f"open alerts: {len(out['alerts'])}")
+    for a in out["alerts"]:
+        lines.append(f"  {a['id']}: {a['message']}")
+    _print(args, out, "\n".join(lines))
     return 0
 
 
@@ -692,7 +901,9 @@ def _cmd_train(args) -> int:
             probes = probes + probes_from_examples([e for e in examples if e.split == "heldout"])
         else:
             rows = read_dataset(args.dataset, cfg.objective)
-        result = train(cfg, rows, home=g.config.home, probes=probes, progress=not args.json)
+        tags = {"pattern": pattern.id, "accept_examples": sum(e.example_kind == "accept" for e in train_ex)} \
+            if args.pattern else None
+        result = train(cfg, rows, home=g.config.home, probes=probes, progress=not args.json, tags=tags)
         record_run(g, result, scope=args.scope, example_ids=example_ids)
     out = result.to_json()
     human = (f"run {result.run_id}: {len(rows)} example(s), {len(result.steps)} logged step(s), final loss "
@@ -766,32 +977,19 @@ def _cmd_checkpoints(args) -> int:
         _print(args, m, f"{m['id']} ({m['kind']}, base {m.get('base_model')}, parent {m.get('parent') or 'base'}, "
                         f"run {m.get('run')})\n" + format_comparison(metrics.get("before"), metrics.get("after")))
         return 0
+    from agents.observe import promote, rollback
+
     with _open_graph(args) as g:
         if action == "promote":
-            pointer = store.promote(args.id, reason="manual")
-            _set_checkpoint_status(g, args.id, "promoted")
+            pointer = promote(g, store, args.id, reason="manual")
             msg = f"promoted {args.id}: the chat model serves it from its next reply"
         else:
             before = store.promoted()
-            pointer = store.rollback(reason=args.reason)
-            if before:
-                _set_checkpoint_status(g, before["checkpoint"], "rolled_back")
+            pointer = rollback(g, store, reason=args.reason)
             msg = f"rolled back {before['checkpoint'] if before else '-'}; now serving " \
                   f"{pointer['checkpoint'] if pointer else 'the base model'}"
     _print(args, {"promoted": pointer}, msg)
     return 0
-
-
-def _set_checkpoint_status(g, checkpoint_id: str, status: str) -> None:
-    from graph import Checkpoint, NodeNotFound
-
-    try:
-        node = g.get(checkpoint_id)
-    except NodeNotFound:
-        return  # trained outside this data directory's graph
-    if isinstance(node, Checkpoint):
-        node.status = status
-        g.update(node)
 
 
 _COMMANDS = {
@@ -817,6 +1015,9 @@ _COMMANDS = {
     ("checkpoints", "show"): _cmd_checkpoints,
     ("checkpoints", "promote"): _cmd_checkpoints,
     ("checkpoints", "rollback"): _cmd_checkpoints,
+    ("observe", None): _cmd_observe,
+    ("daemon", None): _cmd_daemon,
+    ("status", None): _cmd_status,
 }
 
 

@@ -234,6 +234,9 @@ class Pattern(Node):
     name: str = ""
     description: str = ""
     status: str = "open"
+    # what the scheduler and the observer decided for this pattern's next run
+    # (examples, learning rate, general share, and the history of adjustments)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def embed_text(self) -> str | None:
         return " — ".join(p for p in (self.name, self.description) if p) or None

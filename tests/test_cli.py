@@ -137,4 +137,5 @@ def test_console_script_entry_point(home):
 def test_parser_lists_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import", "chat", "serve", "detect",
-                                "flags", "patterns", "compose", "train", "eval", "checkpoints"}
+                                "flags", "patterns", "compose", "train", "eval", "checkpoints", "observe", "daemon",
+                                "status"} | ({"ui"} & set(sub.choices))

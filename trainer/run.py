@@ -198,15 +198,16 @@ def _write(path: Path, data: Any) -> None:
 
 def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os.PathLike,
           probes: Sequence[Probe] | None = None, progress: bool = True, run_id: str | None = None,
-          on_checkpoint: Callable[[str, dict], None] | None = None) -> TrainResult:
+          on_checkpoint: Callable[[str, dict], None] | None = None, tags: dict[str, Any] | None = None) -> TrainResult:
     """Run one training run on ``rows`` (see :mod:`trainer.data`) and write a checkpoint under ``home``.
 
     ``probes`` are evaluated before and after (default: the built-in sets;
     the caller adds the pattern's held-out examples). ``on_checkpoint`` is
     called with the new checkpoint's id and manifest once it is in place.
+    ``tags`` (for example ``{"pattern": id}``) go into the run's config and
+    the checkpoint's manifest.
     """
     import torch
-    from datasets import Dataset
 
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
@@ -246,7 +247,8 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
     run_dir = home / "runs" / run_id
     digest = data_hash(rows)
     cfg = {**asdict(config), "learning_rate": config.learning_rate, "context_frozen": config.frozen,
-           "examples": len(rows), "data_hash": digest, "parent": parent, "processes": state.num_processes}
+           "examples": len(rows), "data_hash": digest, "parent": parent, "processes": state.num_processes,
+           **(tags or {})}
     if main:
         run_dir.mkdir(parents=True, exist_ok=False)
         _write(run_dir / "config.json", cfg)
@@ -283,7 +285,7 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
         kind = "lora" if config.method == "lora" else "full"
         manifest = {"kind": kind, "base_model": model_name(config.model), "base_source": config.model,
                     "parent": parent, "run": run_id,
-                    "data_hash": digest, "objective": config.objective, "created": time.time(),
+                    "data_hash": digest, "objective": config.objective, "created": time.time(), **(tags or {}),
                     "metrics": {"before": before, "after": after}}
 
         def save(folder: Path) -> None:
@@ -380,7 +382,8 @@ def record_run(graph, result: TrainResult, *, scope: str | None = None, example_
             graph.link(run.id, eid, "trained_on")
         ckpt = Checkpoint(scope=scope, id=result.checkpoint, path=str(result.checkpoint_dir), parent=result.parent,
                           base_model=run.base_model, status="candidate",
-                          manifest={"run": result.run_id, "data_hash": result.data_hash})
+                          manifest={"run": result.run_id, "data_hash": result.data_hash,
+                                    **{k: cfg[k] for k in ("pattern", "accept_examples") if k in cfg}})
         graph.add(ckpt, [(run.id, ckpt.id, "produced")])
         for when, metrics, target in (("before", result.before, result.parent), ("after", result.after, ckpt.id)):
             if metrics is None:

@@ -1,0 +1,208 @@
+"""surface-observe: the gate's checks, the watch's rate tests, alerts, rollback and the pattern's next plan."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from agents import observe as ob
+from agents.cli import main
+from graph import Alert, Checkpoint, Eval
+from trainer.checkpoints import Checkpoints
+
+from .observe_data import add_pattern, fake_checkpoint, log_exchange, metrics
+
+
+def _checks(before, after, **cfg):
+    return {c["name"]: c for c in ob.gate(before, after, ob.ObserveConfig(**cfg))}
+
+
+def test_the_gate_passes_a_candidate_that_improves_the_target_and_regresses_nothing():
+    checks = _checks(metrics(target=0.1), metrics(target=0.3, pushback=0.49, capability=0.79, ppl=10.15))
+    assert all(c["ok"] for c in checks.values()), checks
+
+
+@pytest.mark.parametrize("after, failing", [
+    (metrics(target=0.11), "target"),                      # moved less than min_target_gain (0.02)
+    (metrics(target=0.3, ppl=10.3), "perplexity"),         # +3% > +2%
+    (metrics(target=0.3, pushback=0.45), "pushback"),      # -10% relative > -5%
+    (metrics(target=0.3, capability=0.77), "capability"),  # -3 points > -2
+])
+def test_the_gate_names_each_regression(after, failing):
+    checks = _checks(metrics(), after)
+    assert [name for name, c in checks.items() if not c["ok"]] == [failing]
+
+
+def test_pushback_drop_is_relative_even_when_the_baseline_margin_is_negative():
+    # -0.80 -> -0.83 is a 3.75% fall of a negative margin: within 5%; -0.80 -> -0.90 is 12.5%: a regression
+    assert _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.83))["pushback"]["ok"]
+    assert not _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.90))["pushback"]["ok"]
+
+
+def test_the_gate_refuses_a_candidate_without_measurements():
+    checks = _checks(None, metrics())
+    assert not any(c["ok"] for c in checks.values())
+    assert "not measured" in checks["target"]["detail"]
+
+
+def test_gate_checkpoint_records_the_rejection_in_the_graph_and_keeps_the_parent(graph, home):
+    store = Checkpoints(home / "checkpoints")
+    fake_checkpoint(store.root, "ckpt_a", metrics={"before": metrics(), "after": metrics(target=0.3, ppl=11.0)})
+    graph.add(Checkpoint(id="ckpt_a", path=str(store.root / "ckpt_a"), status="candidate"))
+    result = ob.gate_checkpoint(graph, store, "ckpt_a")
+    assert not result.promote and not result.too_small
+    assert any("perplexity" in r for r in result.reasons)
+    assert graph.get("ckpt_a").status == "rejected"
+    alerts = graph.nodes(kind="alert")
+    assert len(alerts) == 1 and "perplexity" in alerts[0].reason and alerts[0].details["kind"] == "gate"
+    evals = [e for e in graph.nodes(kind="eval") if e.probes == "gate"]
+    assert evals and evals[0].metrics["gate"]["promote"] is False
+    assert store.promoted() is None  # nothing was promoted
+
+
+def test_a_corrupt_candidate_is_never_promoted(graph, home):
+    store = Checkpoints(home / "checkpoints")
+    fake_checkpoint(store.root, "ckpt_a", metrics={"before": metrics(), "after": metrics(target=0.5)})
+    (store.root / "ckpt_a" / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+    result = ob.gate_checkpoint(graph, store, "ckpt_a")
+    assert not result.promote and "corrupt" in result.reasons[0]
+
+
+def test_grow_and_shrink_adjust_the_pattern_plan_within_the_documented_range(graph):
+    p = add_pattern(graph)
+    plan = ob.grow_plan(graph, p.id, used_examples=20)
+    assert plan["max_examples"] == 30 and plan["lr"] == pytest.approx(2e-4) and plan["reuse"]
+    for _ in range(6):
+        plan = ob.grow_plan(graph, p.id, used_examples=plan["max_examples"])
+    assert plan["max_examples"] == ob.MAX_EXAMPLES and plan["lr"] == ob.LR_RANGE["lora"][1]
+    plan = ob.shrink_plan(graph, p.id, used_examples=40)
+    assert plan["general_ratio"] == 0.40 and plan["lr"] == pytest.approx(5e-4) and plan["max_examples"] == 28
+    stored = ob.plan_for(graph.get(p.id))
+    assert len(stored["history"]) == 8 and stored["history"][-1]["to"]["general_ratio"] == 0.40
+
+
+def _serve(graph, n, *, checkpoint, start, pattern=None, every=0, surfaced_every=0, prefix="s"):
+    for i in range(n):
+        flagged = pattern is not None and every and i % every == 0
+        log_exchange(graph, f"{prefix}{i}", checkpoint=checkpoint, created=start + i,
+                     pattern=pattern if flagged else None,
+                     surfaced_kind="correction" if surfaced_every and i % surfaced_every == 0 else None)
+
+
+def _promoted(graph, home, *, pattern=None):
+    store = Checkpoints(home / "checkpoints")
+    fake_checkpoint(store.root, "ckpt_a", metrics={"before": metrics(), "after": metrics(target=0.3)},
+                    pattern=pattern.id if pattern else None)
+    graph.add(Checkpoint(id="ckpt_a", path=str(store.root / "ckpt_a"), status="candidate",
+                         manifest={"pattern": pattern.id, "accept_examples": 20} if pattern else {}))
+    ob.promote(graph, store, "ckpt_a", reason="test")
+    return store
+
+
+def test_watch_keeps_a_checkpoint_whose_rates_did_not_rise(graph, home):
+    p = add_pattern(graph)
+    now = time.time()
+    _serve(graph, 40, checkpoint=None, start=now - 1000, pattern=p, every=5)
+    store = _promoted(graph, home, pattern=p)
+    _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=8, prefix="a")
+    verdict = ob.watch(graph, store)
+    assert verdict["verdict"] == "keep" and not verdict["rolled_back"]
+    assert store.promoted()["checkpoint"] == "ckpt_a"
+    trained = next(t for t in verdict["tests"] if t["key"] == p.id)
+    assert trained["what"].startswith("trained pattern recurred")
+    assert (trained["events_before"], trained["events_after"]) == (8, 5)
+
+
+def test_watch_gives_no_verdict_on_a_handful_of_turns(graph, home):
+    p = add_pattern(graph)
+    _serve(graph, 40, checkpoint=None, start=time.time() - 1000)
+    store = _promoted(graph, home, pattern=p)
+    _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=1, prefix="a")  # all flagged
+    verdict = ob.watch(graph, store)
+    assert verdict["verdict"] == "watching" and not verdict["rolled_back"]
+    assert all(t["verdict"] == "too few turns" for t in verdict["tests"])
+    assert store.promoted()["checkpoint"] == "ckpt_a"
+
+
+def test_watch_rolls_back_when_the_trained_pattern_recurs_and_shrinks_the_next_run(graph, home):
+    p = add_pattern(graph)
+    _serve(graph, 40, checkpoint=None, start=time.time() - 1000, pattern=p, every=10)
+    store = _promoted(graph, home, pattern=p)
+    _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=2, prefix="a")
+    verdict = ob.watch(graph, store)
+    assert verdict["verdict"] == "rollback" and verdict["rolled_back"]
+    assert store.promoted() is None  # back to the parent: the base model
+    assert graph.get("ckpt_a").status == "rolled_back"
+    alert = graph.get(verdict["alert"])
+    assert isinstance(alert, Alert) and "trained pattern recurred" in alert.reason
+    assert [e.dst for e in graph.edges(alert.id, kinds=["rolled_back"], direction="out")] == ["ckpt_a"]
+    assert alert.details["plan"] == {"max_examples": 14, "lr": 5e-5, "general_ratio": 0.4}
+    assert ob.plan_for(graph.get(p.id))["history"][-1]["why"].startswith("rolled back ckpt_a")
+    assert [e["event"] for e in store.history()] == ["promote", "rollback"]
+    # a second watch has nothing left to roll back
+    assert ob.watch(graph, store)["verdict"] == "nothing to watch"
+
+
+def test_watch_alerts_when_correction_memories_must_be_surfaced_more_often(graph, home):
+    _serve(graph, 40, checkpoint=None, start=time.time() - 1000, surfaced_every=10)
+    store = _promoted(graph, home)
+    _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, surfaced_every=2, prefix="a")
+    verdict = ob.watch(graph, store, act=False)
+    assert verdict["verdict"] == "rollback" and not verdict["rolled_back"]  # act=False: assess only
+    risen = [t for t in verdict["tests"] if t["verdict"] == "rose"]
+    assert [t["key"] for t in risen] == ["surfaced_corrections"]
+
+
+def test_the_rate_test_is_corrected_for_the_number_of_patterns(graph, home):
+    # 4 patterns: the level is alpha / 5 per test (4 patterns + surfaced corrections)
+    pats = [add_pattern(graph, f"p{i}") for i in range(4)]
+    _serve(graph, 40, checkpoint=None, start=time.time() - 1000)
+    store = _promoted(graph, home)
+    for i, p in enumerate(pats):
+        _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1 + 20 * i, pattern=p, every=5, prefix=f"a{i}")
+    verdict = ob.watch(graph, store, act=False)
+    assert len(verdict["tests"]) == 5
+    assert [t["level"] for t in verdict["tests"]] == pytest.approx([0.01] * 5)
+
+
+def test_observe_cli_prints_windows_tests_and_verdicts(graph, home, capsys):
+    p = add_pattern(graph)
+    _serve(graph, 40, checkpoint=None, start=time.time() - 1000, pattern=p, every=10)
+    _promoted(graph, home, pattern=p)
+    _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=2, prefix="a")
+    graph.close()
+    assert main(["observe", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["in_use"] == "ckpt_a"
+    (c,) = rep["checkpoints"]
+    # 40 replies, and the 20 corrected ones are followed by a second reply
+    assert c["verdict"] == "rollback" and c["n_after"] == 60 and sum(w["turns"] for w in c["windows"]) == 60
+    assert main(["observe", "--watch"]) == 0
+    out = capsys.readouterr().out
+    assert "ALERT" in out and "rolled back ckpt_a" in out
+    assert main(["observe"]) == 0
+    out = capsys.readouterr().out
+    assert "in use: the base model" in out and "rollback" in out and "trained pattern recurred" in out
+
+
+def test_observe_gate_cli_exits_1_on_rejection_and_promotes_on_request(graph, home, capsys):
+    store = Checkpoints(home / "checkpoints")
+    fake_checkpoint(store.root, "ckpt_bad", metrics={"before": metrics(), "after": metrics(target=0.3, capability=0.5)})
+    fake_checkpoint(store.root, "ckpt_good", metrics={"before": metrics(), "after": metrics(target=0.3)})
+    graph.close()
+    assert main(["observe", "--gate", "ckpt_bad", "--promote"]) == 1
+    assert "REJECT" in capsys.readouterr().out and store.promoted() is None
+    assert main(["observe", "--gate", "ckpt_good", "--promote"]) == 0
+    assert "promoted ckpt_good" in capsys.readouterr().out
+    assert store.promoted()["checkpoint"] == "ckpt_good"
+
+
+def test_observe_resolve_refuses_what_is_not_an_alert(graph, home, capsys):
+    ev = graph.add(Eval(checkpoint=None, probes="x"))
+    alert = graph.add(Alert(reason="r"))
+    graph.close()
+    assert main(["observe", "--resolve", ev.id]) == 2
+    assert "not an alert" in capsys.readouterr().err
+    assert main(["observe", "--resolve", alert.id]) == 0
