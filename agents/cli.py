@@ -901,8 +901,12 @@ def _cmd_train(args) -> int:
             probes = probes + probes_from_examples([e for e in examples if e.split == "heldout"])
         else:
             rows = read_dataset(args.dataset, cfg.objective)
-        tags = {"pattern": pattern.id, "accept_examples": sum(e.example_kind == "accept" for e in train_ex)} \
-            if args.pattern else None
+        tags = None
+        if args.pattern:
+            from agents.scheduler import confirmed_flags
+
+            tags = {"pattern": pattern.id, "accept_examples": sum(e.example_kind == "accept" for e in train_ex),
+                    "flags": confirmed_flags(g, pattern.id)}
         result = train(cfg, rows, home=g.config.home, probes=probes, progress=not args.json, tags=tags)
         record_run(g, result, scope=args.scope, example_ids=example_ids)
     out = result.to_json()

@@ -383,7 +383,7 @@ def record_run(graph, result: TrainResult, *, scope: str | None = None, example_
         ckpt = Checkpoint(scope=scope, id=result.checkpoint, path=str(result.checkpoint_dir), parent=result.parent,
                           base_model=run.base_model, status="candidate",
                           manifest={"run": result.run_id, "data_hash": result.data_hash,
-                                    **{k: cfg[k] for k in ("pattern", "accept_examples") if k in cfg}})
+                                    **{k: cfg[k] for k in ("pattern", "accept_examples", "flags") if k in cfg}})
         graph.add(ckpt, [(run.id, ckpt.id, "produced")])
         for when, metrics, target in (("before", result.before, result.parent), ("after", result.after, ckpt.id)):
             if metrics is None:

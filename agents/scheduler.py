@@ -1,0 +1,453 @@
+"""The scheduler: runs the corrective cycle on its own, as a LangGraph workflow that survives being killed.
+
+    mindloop daemon                      # tick every --interval seconds until stopped
+    mindloop daemon --once               # one tick (a whole cycle when a pattern is ripe), then exit
+    mindloop serve --daemon              # the proxy, with the scheduler in a background thread
+    mindloop status [--json]             # readiness, queue, checkpoint in use, runs, verdicts, alerts
+
+One tick walks the workflow from the phase it was left in::
+
+    wait ──(a pattern is ripe)──► compose ─► train ─► gate ──(passes)──► promote ─► watch ──► wait
+      ▲                                        │        │                            │
+      └──────── failure recorded ◄─────────────┘        └─ rejected (grow the plan)   └─ still watching: stop here
+
+A pattern is *ripe* when it has at least ``min_flags`` confirmed flags (the
+signal agent's ``auto_confirm_above`` confirms confident ones on its own) that
+no kept checkpoint has trained on, its last run is ``cooldown_s`` ago, the chat
+has been idle for ``idle_s`` and no alert is open. Compose and train use the
+pattern's plan (:func:`agents.observe.plan_for`), which the gate grows and the
+watch shrinks.
+
+The state (phase, pattern, run id, checkpoint, last verdicts) lives in
+LangGraph's checkpointer (``loop.db``, or Postgres), thread
+``scheduler/<scope>``, written before every step (``durability="sync"``). A
+SIGKILL at any point resumes at the step that was running, and every step is
+idempotent: the run id is fixed before training, so a restarted ``train`` finds
+the checkpoint that run wrote (and records it) or the run folder of a killed
+run (and records the failure) and never starts a second run; ``promote``
+renames a pointer atomically and promoting what is promoted changes nothing;
+``watch`` rolls back only what is still in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypedDict
+
+from agents.observe import (ObserveConfig, gate_checkpoint, grow_plan, open_alerts, plan_for, promote, shrink_plan,
+                            watch)
+from graph import Flag, MemoryGraph, NodeNotFound, Pattern, Run
+
+__all__ = ["SchedulerConfig", "Scheduler", "readiness", "confirmed_flags"]
+
+log = logging.getLogger(__name__)
+
+PHASES = ("wait", "compose", "train", "gate", "promote", "watch")
+
+
+@dataclass
+class SchedulerConfig:
+    """When and how the scheduler trains. Section ``[scheduler]`` of config.toml; flags of ``mindloop daemon``."""
+
+    min_flags: int = field(default=20, metadata={"help": "confirmed, untrained flags that make a pattern ripe"})
+    cooldown_s: float = field(default=6 * 3600.0, metadata={"help": "seconds between two runs of one pattern"})
+    idle_s: float = field(default=10 * 60.0, metadata={"help": "seconds without a chat turn before training"})
+    interval_s: float = field(default=60.0, metadata={"help": "seconds between two ticks of the daemon"})
+    backoff_s: float = field(default=60.0, metadata={
+        "help": "first wait after the model backend failed; doubles up to an hour"})
+    model: str = field(default="bundled", metadata={"help": "the model to train: 'bundled', an id or a path"})
+    method: str = field(default="lora", metadata={"help": "lora | full"})
+    objective: str = field(default="sft", metadata={"help": "sft | dpo | kto"})
+    batch_size: int = field(default=4, metadata={"help": "examples per step"})
+    max_steps: int = field(default=-1, metadata={"help": "cap on training steps; -1 = one epoch"})
+    probes: str = field(default="", metadata={
+        "help": "probe JSONL files for the gate, comma-separated (default: the built-in sets); the pattern's "
+                "held-out examples are always added"})
+    generate: bool = field(default=True, metadata={
+        "help": "let the model write the general replay and missing better responses (else: references only)"})
+
+    def __post_init__(self) -> None:
+        from graph.config import ConfigError
+
+        if self.min_flags < 1:
+            raise ConfigError(f"min_flags must be at least 1, got {self.min_flags}")
+        if min(self.cooldown_s, self.idle_s) < 0 or self.interval_s <= 0 or self.backoff_s <= 0:
+            raise ConfigError("cooldown and idle must be 0 or more; interval and backoff positive")
+        if self.method not in ("lora", "full"):
+            raise ConfigError(f"method must be 'lora' or 'full', got {self.method!r}")
+
+
+class State(TypedDict, total=False):
+    phase: str
+    tick: float
+    pattern: str | None
+    run_id: str | None
+    checkpoint: str | None
+    accept_examples: int | None
+    flags: list[str]  # the confirmed flags the run is for
+    stop: bool
+    note: str
+    last: dict[str, Any]  # the last finished cycle: pattern, run, checkpoint, gate, verdict
+    error: str | None
+    retry_at: float | None
+    backoff_s: float | None
+
+
+def _kill_point(point: str) -> None:
+    """Fault injection for the kill tests: SIGKILL this process at ``point`` when MINDLOOP_KILL_AT names it."""
+    if os.environ.get("MINDLOOP_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _covered_flags(graph: MemoryGraph, pattern_id: str) -> set[str]:
+    """Flags of the pattern that a promoted (kept) checkpoint was trained for (its manifest's ``flags``)."""
+    covered: set[str] = set()
+    for c in graph.nodes(kind="checkpoint", scope=graph.get(pattern_id).scope):
+        if c.status == "promoted" and c.manifest.get("pattern") == pattern_id:  # type: ignore[attr-defined]
+            covered.update(c.manifest.get("flags") or [])  # type: ignore[attr-defined]
+    return covered
+
+
+def confirmed_flags(graph: MemoryGraph, pattern_id: str) -> list[str]:
+    out = []
+    for e in graph.edges(pattern_id, kinds=["member_of"], direction="in"):
+        try:
+            f = graph.get(e.src)
+        except NodeNotFound:
+            continue
+        if isinstance(f, Flag) and f.status == "confirmed":
+            out.append(f.id)
+    return sorted(out)
+
+
+def readiness(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None = None,
+              now: float | None = None) -> list[dict[str, Any]]:
+    """Every pattern with its confirmed and untrained flags, cooldown left and whether it is ripe; ripe first."""
+    now = now or time.time()
+    latest = graph.nodes(kind="turn", scope=scope, limit=1, newest_first=True)
+    idle_for = now - latest[0].created if latest else float("inf")
+    alerts = open_alerts(graph, scope)
+    out = []
+    for p in graph.nodes(kind="pattern", scope=scope):
+        assert isinstance(p, Pattern)
+        if p.status != "open":
+            continue
+        flags = graph.edges(p.id, kinds=["member_of"], direction="in")
+        confirmed = set(confirmed_flags(graph, p.id))
+        untrained = confirmed - _covered_flags(graph, p.id)
+        last = p.meta.get("last_run_at")
+        cooldown_left = max(0.0, last + config.cooldown_s - now) if last else 0.0
+        why = []
+        if len(untrained) < config.min_flags:
+            why.append(f"{len(untrained)}/{config.min_flags} confirmed untrained flags")
+        if cooldown_left > 0:
+            why.append(f"cooldown {cooldown_left / 60:.0f} min left")
+        if idle_for < config.idle_s:
+            why.append(f"chat active {idle_for:.0f}s ago (needs {config.idle_s:.0f}s idle)")
+        if alerts:
+            why.append(f"{len(alerts)} open alert(s)")
+        plan = plan_for(p, config.method)
+        out.append({"pattern": p.id, "name": p.name, "flags": len(flags), "confirmed": len(confirmed),
+                    "untrained": len(untrained), "cooldown_left_s": round(cooldown_left), "ripe": not why,
+                    "waiting_for": why, "plan": {k: plan[k] for k in ("max_examples", "lr", "general_ratio")},
+                    "adjustments": plan["history"]})
+    return sorted(out, key=lambda r: (not r["ripe"], -r["untrained"]))
+
+
+class Scheduler:
+    """The corrective cycle as a LangGraph workflow over one data directory and scope.
+
+    ``backend_factory()`` returns the chat backend compose uses to write
+    replies (or None for references only); it is called when needed and
+    closed after.
+    """
+
+    def __init__(self, graph: MemoryGraph, config: SchedulerConfig | None = None, *,
+                 observe: ObserveConfig | None = None, scope: str | None = None,
+                 backend_factory: Callable[[], Any] | None = None, checkpointer=None, detector=None,
+                 probes=None, progress: bool = False, say: Callable[[str], None] | None = None) -> None:
+        from langgraph.graph import END, START, StateGraph
+
+        from agents.loop import open_checkpointer
+        from trainer.checkpoints import Checkpoints
+
+        self.graph = graph
+        self.config = config or SchedulerConfig()
+        self.observe = observe or ObserveConfig()
+        self.scope = graph.resolve_scope(scope)
+        self.home = Path(graph.config.home)
+        self.store = Checkpoints(self.home / "checkpoints")
+        self.backend_factory = backend_factory
+        self.detector = detector
+        self.probes = probes
+        self.progress = progress
+        self.say = say or (lambda msg: log.info("%s", msg))
+        self.checkpointer = checkpointer if checkpointer is not None else open_checkpointer(self.home)
+        self.thread = {"configurable": {"thread_id": f"scheduler/{self.scope}"}}
+        builder = StateGraph(State)
+        for phase in PHASES:
+            builder.add_node(phase, getattr(self, f"_{phase}"))
+        builder.add_conditional_edges(START, self._route, {**{p: p for p in PHASES}, "end": END})
+        for phase in PHASES:
+            builder.add_conditional_edges(phase, self._route, {**{p: p for p in PHASES}, "end": END})
+        self.app = builder.compile(checkpointer=self.checkpointer)
+
+    # -- running -----------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        snap = self.app.get_state(self.thread)
+        return {**dict(snap.values), "resuming": list(snap.next)}
+
+    def tick(self) -> dict[str, Any]:
+        """Run the workflow from where it was left (the interrupted step, after a kill) until it stops."""
+        snap = self.app.get_state(self.thread)
+        if snap.next:
+            self.say(f"resuming at '{snap.next[0]}' (the last tick stopped there)")
+            values = self.app.invoke(None, self.thread, durability="sync")
+        else:
+            values = self.app.invoke({"tick": time.time(), "stop": False}, self.thread, durability="sync")
+        return dict(values)
+
+    def run_forever(self, stop: threading.Event | None = None, *, max_ticks: int | None = None) -> None:
+        stop = stop or threading.Event()
+        n = 0
+        while not stop.is_set():
+            state = self.tick()
+            n += 1
+            if max_ticks is not None and n >= max_ticks:
+                return
+            wait = self.config.interval_s
+            if state.get("retry_at"):
+                wait = max(wait, state["retry_at"] - time.time())
+            stop.wait(wait)
+
+    def close(self) -> None:
+        conn = getattr(self.checkpointer, "conn", None)
+        if conn is not None:
+            conn.close()
+
+    # -- the workflow ------------------------------------------------------------
+
+    @staticmethod
+    def _route(state: State) -> str:
+        if state.get("stop"):
+            return "end"
+        return state.get("phase") or "wait"
+
+    def _pattern(self, state: State) -> Pattern:
+        node = self.graph.get(state["pattern"])  # type: ignore[arg-type]
+        assert isinstance(node, Pattern)
+        return node
+
+    def _back_to_wait(self, state: State, error: str, *, backoff: bool = False) -> dict[str, Any]:
+        self.say(f"cycle for {state.get('pattern')} stopped: {error}")
+        out: dict[str, Any] = {"phase": "wait", "stop": True, "error": error, "run_id": None, "checkpoint": None,
+                               "last": {"pattern": state.get("pattern"), "run": state.get("run_id"),
+                                        "checkpoint": state.get("checkpoint"), "verdict": "failed", "error": error,
+                                        "at": time.time()}}
+        if backoff:
+            wait = min(3600.0, (state.get("backoff_s") or self.config.backoff_s / 2) * 2)
+            out.update(backoff_s=wait, retry_at=time.time() + wait)
+            self.say(f"backing off {wait:.0f}s")
+        return out
+
+    def _wait(self, state: State) -> dict[str, Any]:
+        if state.get("retry_at") and time.time() < state["retry_at"]:  # type: ignore[operator]
+            return {"stop": True, "note": f"backing off until {time.ctime(state['retry_at'])}: {state.get('error')}"}
+        verdict = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        if verdict.get("rolled_back"):
+            self.say(f"watch: rolled back {verdict['id']} (alert {verdict['alert']})")
+        ready = readiness(self.graph, self.config, scope=self.scope)
+        ripe = [r for r in ready if r["ripe"]]
+        if not ripe:
+            note = "; ".join(f"{r['pattern']}: {', '.join(r['waiting_for'])}" for r in ready[:3]) or "no patterns"
+            return {"stop": True, "note": f"nothing ripe ({note})", "retry_at": None}
+        pick = ripe[0]
+        run_id = f"run_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+        self.say(f"pattern {pick['pattern']} ({pick['name']}) is ripe: {pick['untrained']} confirmed untrained "
+                 f"flags; run {run_id}")
+        _kill_point("wait")
+        return {"phase": "compose", "pattern": pick["pattern"], "run_id": run_id, "checkpoint": None,
+                "error": None, "note": "ripe"}
+
+    def _compose(self, state: State) -> dict[str, Any]:
+        from agents.backends import BackendError
+        from agents.compose import ComposeConfig, compose
+
+        pattern = self._pattern(state)
+        plan = plan_for(pattern, self.config.method)
+        cfg = ComposeConfig(general_ratio=plan["general_ratio"], include_trained=plan["reuse"])
+        backend = None
+        try:
+            if self.config.generate and self.backend_factory is not None:
+                backend = self.backend_factory()
+            made = compose(self.graph, pattern, embedder=self.graph.embedder, backend=backend,
+                           detector=self.detector, config=cfg)
+        except BackendError as e:
+            return self._back_to_wait(state, f"the model backend is unreachable: {e}", backoff=True)
+        except Exception as e:  # noqa: BLE001 - a failed step returns the cycle to waiting, recorded
+            return self._back_to_wait(state, f"compose failed: {type(e).__name__}: {e}")
+        finally:
+            if backend is not None and hasattr(backend, "close"):
+                backend.close()
+        counts = made.counts()
+        n_accept = counts["kinds"]["accept"]["train"]
+        self.say(f"composed {counts['total']} example(s) for {pattern.id}: " + ", ".join(
+            f"{k} {v['train']}+{v['heldout']}" for k, v in counts["kinds"].items()) + " (train+heldout)")
+        _kill_point("compose")
+        return {"phase": "train", "accept_examples": n_accept, "flags": confirmed_flags(self.graph, pattern.id),
+                "backoff_s": None, "retry_at": None}
+
+    def _train(self, state: State) -> dict[str, Any]:
+        from trainer.data import rows_from_examples
+        from trainer.errors import CheckpointError
+        from trainer.evaluate import builtin_probes, probes_from_examples, read_probes
+        from trainer.run import TrainConfig, TrainResult, record_run, train
+
+        run_id = state["run_id"]
+        checkpoint_id = "ckpt_" + run_id.removeprefix("run_")  # type: ignore[union-attr]
+        run_dir = self.home / "runs" / run_id  # type: ignore[operator]
+        if (self.store.root / checkpoint_id).is_dir():  # killed after the run finished: record it, go on
+            try:
+                manifest = self.store.get(checkpoint_id)
+            except CheckpointError as e:
+                return self._back_to_wait(state, f"run {run_id} left a corrupt checkpoint: {e}")
+            self._record_finished(run_dir, manifest, checkpoint_id)
+            return {"phase": "gate", "checkpoint": checkpoint_id}
+        if run_dir.exists():  # killed while training: a killed run is a failed run, never started twice
+            self._record_failed(state, run_dir, "killed before it finished (no checkpoint was written)")
+            return self._back_to_wait(state, f"run {run_id} was killed before it finished")
+        pattern = self._pattern(state)
+        plan = plan_for(pattern, self.config.method)
+        pattern.meta = {**pattern.meta, "last_run_at": time.time(), "last_run": run_id}
+        self.graph.update(pattern)
+        examples = [e for e in self.graph.nodes(kind="example", scope=self.scope) if e.pattern == pattern.id]
+        train_ex = [e for e in examples if e.split == "train" and (
+            plan["reuse"] or not self.graph.edges(e.id, kinds=["trained_on"], direction="in"))]
+        accept = [e for e in train_ex if e.example_kind == "accept"]
+        if plan["max_examples"] and len(accept) > plan["max_examples"]:
+            drop = {e.id for e in sorted(accept, key=lambda e: -e.created)[plan["max_examples"]:]}
+            train_ex = [e for e in train_ex if e.id not in drop]
+        if not train_ex:
+            return self._back_to_wait(state, f"pattern {pattern.id} has no train-split examples")
+        cfg = TrainConfig(objective=self.config.objective, method=self.config.method, lr=plan["lr"],
+                          model=self.config.model, batch_size=self.config.batch_size, max_steps=self.config.max_steps)
+        if self.probes is not None:
+            probes = list(self.probes)
+        elif self.config.probes:
+            probes = [p for f in self.config.probes.split(",") for p in read_probes(f.strip())]
+        else:
+            probes = builtin_probes()
+        probes += probes_from_examples([e for e in examples if e.split == "heldout"])
+        n_accept = sum(1 for e in train_ex if e.example_kind == "accept")
+        self.say(f"training {run_id}: {len(train_ex)} example(s) ({n_accept} accept), {cfg.method}, "
+                 f"lr {cfg.learning_rate:g}, general share {plan['general_ratio']:.0%}")
+        _kill_point("train")
+        try:
+            result: TrainResult = train(cfg, rows_from_examples(train_ex, cfg.objective), home=self.home,
+                                        probes=probes, progress=self.progress, run_id=run_id,
+                                        tags={"pattern": pattern.id, "accept_examples": n_accept,
+                                              "flags": state.get("flags") or []})
+        except Exception as e:  # noqa: BLE001 - a failed run returns the cycle to waiting, recorded
+            self._record_failed(state, run_dir, f"{type(e).__name__}: {e}")
+            return self._back_to_wait(state, f"run {run_id} failed: {type(e).__name__}: {e}")
+        _kill_point("trained")
+        record_run(self.graph, result, scope=self.scope, example_ids=[e.id for e in train_ex])
+        return {"phase": "gate", "checkpoint": result.checkpoint}
+
+    def _record_finished(self, run_dir: Path, manifest: dict, checkpoint_id: str) -> None:
+        """A run whose process was killed after its checkpoint was in place: write its graph records."""
+        import json
+
+        from trainer.run import TrainResult, record_run
+
+        try:
+            self.graph.get(manifest["run"])
+            return  # already recorded
+        except NodeNotFound:
+            pass
+        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        metrics = manifest.get("metrics") or {}
+        steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines() if line.strip()] \
+            if (run_dir / "steps.jsonl").exists() else []
+        result = TrainResult(run_id=manifest["run"], run_dir=run_dir, checkpoint=checkpoint_id,
+                             checkpoint_dir=self.store.root / checkpoint_id, parent=manifest.get("parent"),
+                             before=metrics.get("before"), after=metrics.get("after"), steps=steps,
+                             data_hash=manifest.get("data_hash", ""), config=cfg)
+        pattern = manifest.get("pattern")
+        ids = [e.id for e in self.graph.nodes(kind="example", scope=self.scope)
+               if e.pattern == pattern and e.split == "train"] if pattern else []
+        record_run(self.graph, result, scope=self.scope, example_ids=ids)
+
+    def _record_failed(self, state: State, run_dir: Path, why: str) -> None:
+        if run_dir.exists():
+            (run_dir / "status").write_text(f"failed: {why}\n")
+        try:
+            self.graph.get(state["run_id"])  # type: ignore[arg-type]
+        except NodeNotFound:
+            self.graph.add(Run(scope=self.scope, id=state["run_id"], status="failed",  # type: ignore[arg-type]
+                               objective=self.config.objective, method=self.config.method,
+                               config={"pattern": state.get("pattern"), "error": why}, finished=time.time()))
+
+    def _gate(self, state: State) -> dict[str, Any]:
+        checkpoint = state["checkpoint"]
+        result = gate_checkpoint(self.graph, self.store, checkpoint, self.observe, scope=self.scope)  # type: ignore
+        for c in result.checks:
+            self.say(f"gate {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}")
+        _kill_point("gate")
+        if result.promote:
+            return {"phase": "promote"}
+        used = state.get("accept_examples") or 20
+        regressed = [c for c in result.checks[1:] if not c["ok"]]
+        if regressed:  # too much: fewer examples, half the lr, more general replay
+            plan = shrink_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
+                               why="gate: " + "; ".join(c["detail"] for c in regressed))
+            self.say(f"the candidate regressed; the next run for {state['pattern']} shrinks: "
+                     f"{plan['max_examples']} accept examples, lr {plan['lr']:g}, general {plan['general_ratio']:.0%}")
+        elif result.too_small:  # too little: more examples (up to 50), twice the lr
+            plan = grow_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
+                             why=f"gate: {result.checks[0]['detail']}")
+            self.say(f"the target moved too little; the next run for {state['pattern']} grows: up to "
+                     f"{plan['max_examples']} accept examples, lr {plan['lr']:g}")
+        else:  # an unreadable candidate: nothing to learn about the plan
+            plan = None
+        return {"phase": "wait", "stop": True, "run_id": None, "checkpoint": None,
+                "last": {"pattern": state.get("pattern"), "run": state.get("run_id"), "checkpoint": checkpoint,
+                         "gate": result.to_json(), "verdict": "rejected", "at": time.time(),
+                         "plan": plan and {k: plan[k] for k in ("max_examples", "lr", "general_ratio")}}}
+
+    def _promote(self, state: State) -> dict[str, Any]:
+        promote(self.graph, self.store, state["checkpoint"], reason=f"gate passed (scheduler, {state['run_id']})")  # type: ignore
+        self.say(f"promoted {state['checkpoint']}; watching it")
+        _kill_point("promote")
+        return {"phase": "watch"}
+
+    def _watch(self, state: State) -> dict[str, Any]:
+        verdict = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        in_use = self.store.promoted()
+        still_ours = bool(in_use and in_use["checkpoint"] == state.get("checkpoint"))
+        if still_ours and verdict.get("n_after", 0) < self.observe.min_turns:
+            return {"stop": True, "note": f"watching {state['checkpoint']}: {verdict.get('n_after', 0)} turn(s) "
+                                          f"since promotion, needs {self.observe.min_turns}"}
+        if verdict["verdict"] in ("keep", "rollback"):
+            final = verdict["verdict"]
+        elif verdict["verdict"] == "insufficient data":  # enough turns after, too few before: nothing to compare
+            final = "keep (no baseline)"
+        else:
+            final = "superseded"  # someone promoted or rolled back by hand meanwhile
+        if verdict.get("rolled_back"):
+            final = "rollback"
+        self.say(f"watch verdict for {state.get('checkpoint')}: {final}")
+        _kill_point("watch")
+        return {"phase": "wait", "stop": True, "run_id": None, "checkpoint": None,
+                "last": {"pattern": state.get("pattern"), "run": state.get("run_id"),
+                         "checkpoint": state.get("checkpoint"), "verdict": final, "alert": verdict.get("alert"),
+                         "tests": verdict.get("tests"), "at": time.time()}}
+
