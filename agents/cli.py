@@ -261,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common],
                             help="patterns and their readiness, the queue, the checkpoint in use, runs, verdicts, alerts")
     status.add_argument("--scope", help="scope (default: the configured scope)")
+
+    ui = sub.add_parser("ui", parents=[common],
+                        help="the inspection web UI: review flags, patterns, the memory graph, runs, the observer")
+    ui.add_argument("--host", help="address to bind (default 127.0.0.1; any other needs a token)")
+    ui.add_argument("--port", type=_positive, help="TCP port (default 8765)")
+    ui.add_argument("--token", help="access token (default: $MINDLOOP_UI_TOKEN; unset = none, loopback only)")
+    ui.add_argument("--scope", help="scope shown (default: the configured scope)")
     return parser
 
 
@@ -996,6 +1003,22 @@ def _cmd_checkpoints(args) -> int:
     return 0
 
 
+def _cmd_ui(args) -> int:
+    import uvicorn
+
+    from agents.ui import UIConfig, create_app
+    from graph import load_config
+
+    cfg = load_config(UIConfig, "ui", file=args.config, overrides={"host": args.host, "port": args.port,
+                                                                   "token": args.token, "scope": args.scope})
+    cfg.check_bind()
+    with _open_graph(args) as g:
+        app = create_app(g, cfg)
+        print(f"mindloop UI on {cfg.url(with_token=True)} (data {g.config.home}); Ctrl-C stops", file=sys.stderr)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return 0
+
+
 _COMMANDS = {
     ("log", "import"): _cmd_log_import,
     ("search", None): _cmd_search,
@@ -1022,6 +1045,7 @@ _COMMANDS = {
     ("observe", None): _cmd_observe,
     ("daemon", None): _cmd_daemon,
     ("status", None): _cmd_status,
+    ("ui", None): _cmd_ui,
 }
 
 
