@@ -104,11 +104,11 @@ class Guard:
             return JSONResponse({"detail": message}, status_code=status)
         from html import escape
 
-        return HTMLResponse(f"<!doctype html><title>mindloop: {status}</title><link rel=stylesheet "
-                            f"href=/static/ui.css><main class=narrow><h1>{status}</h1><p>{escape(message)}</p>"
-                            + ("<form method=post action=/login><label>Token <input name=token type=password "
-                               "autofocus></label> <button>Open</button></form>" if status == 401 else "")
-                            + "</main>", status_code=status)
+        login = ('<form method="post" action="/login"><label>Token <input name="token" type="password" autofocus>'
+                 "</label> <button>Open</button></form>") if status == 401 else ""
+        return HTMLResponse(f'<!doctype html><html lang="en"><meta charset="utf-8"><title>mindloop: {status}</title>'
+                            f'<link rel="stylesheet" href="/static/ui.css"><main class="narrow"><h1>{status}</h1>'
+                            f"<p>{escape(message)}</p>{login}</main></html>", status_code=status)
 
     async def __call__(self, request: Request, call_next) -> Response:
         if not self._host_ok(request):

@@ -185,7 +185,7 @@ def fill_demo(home: Path, *, attack: bool = False) -> dict:
         first = _fake_run(g, "run_20261101-090000_aaaaaa", None, train_ids, pattern=top.id, drop=0.12,
                           model=f"bundled {ATTACK}" if attack else "bundled")
         store = Checkpoints(home / "checkpoints")
-        store.promote(first, reason="gate passed")
+        store.promote(first, reason=f"gate passed {ATTACK}" if attack else "gate passed")
         _set_status(g, first, "promoted")
         second = _fake_run(g, "run_20261108-090000_bbbbbb", first, train_ids[:4], pattern=top.id, drop=0.25)
         store.promote(second, reason="gate passed")
@@ -206,7 +206,8 @@ def fill_demo(home: Path, *, attack: bool = False) -> dict:
         out.update(pattern=top.id, flags=[f.id for f in flags], edited=edited.id, rejected=low[0].id,
                    runs=["run_20261101-090000_aaaaaa", "run_20261108-090000_bbbbbb"], killed=killed.name,
                    checkpoints=[first, second], alert=alert.id, examples=train_ids,
-                   turn=g.get(edited.id).turn)  # type: ignore[attr-defined]
+                   turn=g.get(edited.id).turn,  # type: ignore[attr-defined]
+                   user_turn=g.session_turns(edited.session)[0].id)  # type: ignore[arg-type]
     (home / "fixture.json").write_text(json.dumps(out))
     return out
 
@@ -227,8 +228,7 @@ def attack_template(tmp_path_factory):
 
 
 def _copy(template: Path, dest: Path) -> tuple[Path, dict]:
-    shutil.copytree(template, dest)
-    (dest / "chroma.lock").unlink(missing_ok=True)
+    shutil.copytree(template, dest)  # chroma.lock comes along: it records that the index was closed cleanly
     return dest, json.loads((dest / "fixture.json").read_text())
 
 
