@@ -18,7 +18,8 @@
   is refused outright.
 - **Headers.** Every response carries a Content-Security-Policy that allows
   scripts, styles and images from the UI itself only (so even markup that
-  slipped through escaping could not run), ``nosniff``, no framing, no referrer.
+  slipped through escaping could not run), ``nosniff``, no framing, and no
+  referrer to other sites.
 
 Templates escape every user and model text (Jinja2 autoescape); data for
 the charts travels as JSON in ``<script type="application/json">`` blocks
@@ -107,7 +108,8 @@ class Guard:
         login = ('<form method="post" action="/login"><label>Token <input name="token" type="password" autofocus>'
                  "</label> <button>Open</button></form>") if status == 401 else ""
         return HTMLResponse(f'<!doctype html><html lang="en"><meta charset="utf-8"><title>mindloop: {status}</title>'
-                            f'<link rel="stylesheet" href="/static/ui.css"><main class="narrow"><h1>{status}</h1>'
+                            f'<link rel="stylesheet" href="/static/ui.css"><link rel="icon" href="/static/favicon.svg">'
+                            f'<main class="narrow"><h1>{status}</h1>'
                             f"<p>{escape(message)}</p>{login}</main></html>", status_code=status)
 
     async def __call__(self, request: Request, call_next) -> Response:
@@ -126,7 +128,8 @@ class Guard:
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # not no-referrer: with it Chromium sends "Origin: null" on the UI's own form posts
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Cache-Control", "no-store" if not request.url.path.startswith("/static/")
                                     else "max-age=3600")
         return response
