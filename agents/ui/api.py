@@ -220,9 +220,10 @@ class RunRow(BaseModel):
     objective: str | None
     method: str | None
     pattern: str | None
+    pattern_name: str | None
     final_loss: float | None
     checkpoint: str | None
-    in_graph: bool
+    in_graph: bool = Field(description="recorded in the graph (false: only a folder under runs/, e.g. a killed run)")
 
 
 class RunList(BaseModel):

@@ -371,6 +371,7 @@ class Inspector:
     def runs(self) -> dict[str, Any]:
         """Every run, newest first: recorded in the graph, or only on disk (killed or failed runs)."""
         nodes = {r.id: r for r in self.graph.nodes(kind="run", scope=self.scope)}
+        names = self._pattern_names()
         on_disk = sorted(p.name for p in self.runs_root.iterdir() if p.is_dir()) if self.runs_root.is_dir() else []
         out = []
         for run_id in set(nodes) | {n for n in on_disk if _RUN_ID.match(n)}:
@@ -380,7 +381,8 @@ class Inspector:
             metrics = node.metrics if node is not None else {}  # type: ignore[union-attr]
             out.append({"id": run_id, "status": self._status(d) or (node.status if node else "unknown"),  # type: ignore
                         "created": created, "objective": config.get("objective"), "method": config.get("method"),
-                        "pattern": config.get("pattern"), "final_loss": metrics.get("final_loss"),
+                        "pattern": config.get("pattern"), "pattern_name": names.get(config.get("pattern") or ""),
+                        "final_loss": metrics.get("final_loss"),
                         "checkpoint": self._produced(run_id) if node is not None else None,
                         "in_graph": node is not None})
         out.sort(key=lambda r: -r["created"])

@@ -149,11 +149,12 @@ def test_search_uses_the_graphs_hybrid_search(client, demo):
 
 
 def test_runs_list_the_recorded_and_the_killed(client, demo):
-    _, facts = demo
+    g, facts = demo
     runs = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
     assert set(runs) == {*facts["runs"], facts["killed"]}
     assert runs[facts["killed"]]["in_graph"] is False and runs[facts["killed"]]["status"].startswith("failed")
     assert runs[facts["runs"][0]]["checkpoint"] == facts["checkpoints"][0]
+    assert runs[facts["runs"][0]]["pattern_name"] == g.get(facts["pattern"]).name
     assert runs[facts["runs"][0]]["final_loss"] == pytest.approx(2.4 * 0.88 ** 30 + 0.3, abs=1e-3)
 
 
