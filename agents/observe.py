@@ -97,9 +97,9 @@ class GateResult:
         return {**asdict(self), "reasons": self.reasons}
 
 
-def _kind(metrics: dict | None, kind: str, key: str) -> float | None:
+def _kind(metrics: dict | None, kind: str, key: str, where: str = "kinds") -> float | None:
     try:
-        return float(metrics["kinds"][kind][key])  # type: ignore[index]
+        return float(metrics[where][kind][key])  # type: ignore[index]
     except (TypeError, KeyError, ValueError):
         return None
 
@@ -116,9 +116,13 @@ def gate(before: dict | None, after: dict | None, config: ObserveConfig | None =
         else:
             checks.append({"name": name, "before": b, "after": a, "ok": bool(ok(b, a)), "detail": detail(b, a)})
 
-    check("target", _kind(before, "target", "mean_margin"), _kind(after, "target", "mean_margin"),
+    # the target is the pattern's own held-out examples when the run had them, else the target probes
+    held = _kind(before, "target", "mean_margin", "heldout") is not None
+    where = "heldout" if held else "kinds"
+    check("target", _kind(before, "target", "mean_margin", where), _kind(after, "target", "mean_margin", where),
           lambda b, a: a - b >= c.min_target_gain,
-          lambda b, a: f"target margin {b:+.3f} -> {a:+.3f} ({a - b:+.3f}; needs +{c.min_target_gain:g})")
+          lambda b, a: f"{'held-out ' if held else ''}target margin {b:+.3f} -> {a:+.3f} ({a - b:+.3f}; "
+                       f"needs +{c.min_target_gain:g})")
     check("pushback", _kind(before, "pushback", "mean_margin"), _kind(after, "pushback", "mean_margin"),
           lambda b, a: (b - a) / max(abs(b), 1e-6) <= c.max_pushback_drop,
           lambda b, a: f"push-back margin {b:+.3f} -> {a:+.3f} ({(a - b) / max(abs(b), 1e-6):+.1%}; "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from trainer.errors import InvalidDataset
-from trainer.scoring import response_logprob
+from trainer.scoring import response_logprobs
 
 __all__ = ["KINDS", "Probe", "builtin_probes", "default_text", "evaluate", "format_comparison", "perplexity",
            "probes_from_examples", "read_probes", "steering_direction"]
@@ -47,6 +47,7 @@ class Probe:
     undesired: str
     kind: str
     id: str = ""
+    heldout: bool = False  # made from a pattern's held-out examples (reported apart as well)
 
 
 def _probe(data: Any, where: str) -> Probe:
@@ -105,7 +106,7 @@ def probes_from_examples(examples: Sequence) -> list[Probe]:
     for e in examples:
         if e.rejected and e.example_kind in ("accept", "pushback"):
             out.append(Probe(prompt=e.prompt, desired=e.completion, undesired=e.rejected,
-                             kind="target" if e.example_kind == "accept" else "pushback", id=e.id))
+                             kind="target" if e.example_kind == "accept" else "pushback", id=e.id, heldout=True))
     return out
 
 
@@ -138,46 +139,73 @@ def perplexity(model, tokenizer, text: str, *, max_tokens: int = 2048, window: i
     return math.exp(total / count)
 
 
-def _hidden(model, tokenizer, messages, response: str, layer: int):
-    """Mean hidden state of the response tokens and the last prompt token's hidden state, at ``layer``."""
+def _hiddens(model, tokenizer, items: Sequence[tuple[Sequence[dict[str, str]], str]], layer: int, *,
+             batch_size: int = 8):
+    """For each ``(messages, response)``: the mean hidden state of the response tokens and the last prompt
+    token's hidden state at ``layer`` (two [n, hidden] tensors), in left-padded batches."""
     import torch
 
-    prompt = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    ids = tokenizer(prompt + response, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    from trainer.scoring import _split_ids, left_padded
+
+    split = [_split_ids(tokenizer, m, r) for m, r in items]
     device = next(model.parameters()).device
+    means: list = [None] * len(items)
+    lasts: list = [None] * len(items)
+    order = sorted(range(len(split)), key=lambda i: len(split[i][0]))
     with torch.no_grad():
-        hs = model(input_ids=ids.to(device), output_hidden_states=True).hidden_states[layer][0].float()
-    return hs[n:].mean(0), hs[n - 1]
+        for b in range(0, len(order), batch_size):
+            idx = order[b: b + batch_size]
+            ids, mask, pos = left_padded(tokenizer, [split[i][0] for i in idx], device)
+            hs = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                       logits_to_keep=1).hidden_states[layer].float()
+            width = ids.shape[1]
+            for j, i in enumerate(idx):
+                full, n = split[i]
+                at = width - len(full) + n  # the first response token of row j
+                means[i] = hs[j, at:].mean(0)
+                lasts[i] = hs[j, at - 1]
+    return torch.stack(means), torch.stack(lasts)
+
+
+def _pairs(model, tokenizer, probes: Sequence[Probe], layer: int):
+    """Desired and undesired response means, and the prompts' last hidden states, for ``probes``."""
+    n = len(probes)
+    means, lasts = _hiddens(model, tokenizer, [(p.prompt, p.desired) for p in probes]
+                            + [(p.prompt, p.undesired) for p in probes], layer)
+    return means[:n], means[n:], lasts[:n]
 
 
 def middle_layer(model) -> int:
     return max(1, int(model.config.num_hidden_layers) // 2)
 
 
-def steering_direction(model, tokenizer, probes: Sequence[Probe], layer: int | None = None) -> dict[str, Any]:
-    """The mean desired-minus-undesired hidden-state difference over ``probes`` and its consistency."""
+def _direction(diffs, layer: int) -> dict[str, Any]:
     import torch
 
+    direction = diffs.mean(0)
+    consistency = float(torch.nn.functional.cosine_similarity(diffs, direction[None], dim=1).mean())
+    return {"layer": layer, "direction": direction.tolist(), "consistency": round(consistency, 4), "n": len(diffs)}
+
+
+def steering_direction(model, tokenizer, probes: Sequence[Probe], layer: int | None = None) -> dict[str, Any]:
+    """The mean desired-minus-undesired hidden-state difference over ``probes`` and its consistency."""
     layer = layer if layer is not None else middle_layer(model)
-    diffs = []
-    for p in probes:
-        good, _ = _hidden(model, tokenizer, p.prompt, p.desired, layer)
-        bad, _ = _hidden(model, tokenizer, p.prompt, p.undesired, layer)
-        diffs.append(good - bad)
-    d = torch.stack(diffs)
-    direction = d.mean(0)
-    consistency = float(torch.nn.functional.cosine_similarity(d, direction[None], dim=1).mean())
-    return {"layer": layer, "direction": direction.tolist(), "consistency": round(consistency, 4), "n": len(probes)}
+    good, bad, _ = _pairs(model, tokenizer, probes, layer)
+    return _direction(good - bad, layer)
 
 
-def projection(model, tokenizer, probes: Sequence[Probe], direction: Sequence[float], layer: int) -> float:
-    """Mean position of the probes' prompts (last prompt token) along the unit ``direction``."""
+def _project(lasts, direction: Sequence[float]) -> float:
     import torch
 
     u = torch.tensor(direction)
     u = u / (u.norm() + 1e-12)
-    return float(sum(float(_hidden(model, tokenizer, p.prompt, p.desired, layer)[1] @ u) for p in probes) / len(probes))
+    return float((lasts @ u).mean())
+
+
+def projection(model, tokenizer, probes: Sequence[Probe], direction: Sequence[float], layer: int) -> float:
+    """Mean position of the probes' prompts (last prompt token) along the unit ``direction``."""
+    _, lasts = _hiddens(model, tokenizer, [(p.prompt, p.desired) for p in probes], layer)
+    return _project(lasts, direction)
 
 
 def attention_mass(model, tokenizer, probes: Sequence[Probe]) -> float:
@@ -217,6 +245,11 @@ def attention_mass(model, tokenizer, probes: Sequence[Probe]) -> float:
     return sum(shares) / len(shares) if shares else float("nan")
 
 
+def _stats(margins: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    return {k: {"mean_margin": round(sum(v) / len(v), 4), "win_rate": round(sum(m > 0 for m in v) / len(v), 4),
+                "n": len(v)} for k, v in sorted(margins.items())}
+
+
 def evaluate(model, tokenizer, probes: Sequence[Probe], *, text: str | None = None, checkpoint: str | None = None,
              direction: dict[str, Any] | None = None, attention: bool = True) -> dict[str, Any]:
     """The report: per kind mean margin / win rate / n, perplexity, steering readout, attention mass.
@@ -224,29 +257,31 @@ def evaluate(model, tokenizer, probes: Sequence[Probe], *, text: str | None = No
     ``direction`` (from :func:`steering_direction` on the model before training) is the fixed axis the
     target probes' prompts are projected on; without it the direction is computed here.
     """
-    import torch
 
     was_training = model.training
     model.eval()
     try:
         by_kind: dict[str, list[float]] = {}
-        with torch.no_grad():
-            for p in probes:
-                good = response_logprob(model, tokenizer, p.prompt, p.desired)[0]
-                bad = response_logprob(model, tokenizer, p.prompt, p.undesired)[0]
-                by_kind.setdefault(p.kind, []).append(good - bad)
-        kinds = {k: {"mean_margin": round(sum(v) / len(v), 4), "win_rate": round(sum(m > 0 for m in v) / len(v), 4),
-                     "n": len(v)} for k, v in sorted(by_kind.items())}
-        report: dict[str, Any] = {"kinds": kinds, "perplexity": round(perplexity(model, tokenizer,
+        scores = response_logprobs(model, tokenizer, [(p.prompt, p.desired) for p in probes]
+                                   + [(p.prompt, p.undesired) for p in probes])
+        held: dict[str, list[float]] = {}
+        for p, (good, _), (bad, _) in zip(probes, scores[:len(probes)], scores[len(probes):]):
+            by_kind.setdefault(p.kind, []).append(good - bad)
+            if p.heldout:
+                held.setdefault(p.kind, []).append(good - bad)
+        report: dict[str, Any] = {"kinds": _stats(by_kind), "perplexity": round(perplexity(model, tokenizer,
                                                                                   text or default_text()), 4),
                                   "checkpoint": checkpoint}
+        if held:  # the pattern's own held-out examples: what the gate's target check reads
+            report["heldout"] = _stats(held)
         targets = [p for p in probes if p.kind == "target"]
         if targets:
-            d = direction or steering_direction(model, tokenizer, targets)
-            here = steering_direction(model, tokenizer, targets, d["layer"]) if direction else d
-            report["steering"] = {"layer": d["layer"], "consistency": here["consistency"],
-                                  "projection": round(projection(model, tokenizer, targets, d["direction"],
-                                                                 d["layer"]), 4)}
+            layer = direction["layer"] if direction else middle_layer(model)
+            good, bad, lasts = _pairs(model, tokenizer, targets, layer)  # one pass per response for all three
+            here = _direction(good - bad, layer)
+            d = direction or here
+            report["steering"] = {"layer": layer, "consistency": here["consistency"],
+                                  "projection": round(_project(lasts, d["direction"]), 4)}
             if attention:
                 report["attention_mass"] = round(attention_mass(model, tokenizer, targets), 4)
         return report
@@ -266,6 +301,10 @@ def format_comparison(before: dict | None, after: dict | None) -> str:
             a = (after or {}).get("kinds", {}).get(k, {}).get(m)
             spec = "+.3f" if m == "mean_margin" else ".3f"
             rows.append((f"{k} {label}", "-" if b is None else format(b, spec), "-" if a is None else format(a, spec)))
+    for k in sorted(set((before or {}).get("heldout", {})) | set((after or {}).get("heldout", {}))):
+        b = (before or {}).get("heldout", {}).get(k, {}).get("mean_margin")
+        a = (after or {}).get("heldout", {}).get(k, {}).get("mean_margin")
+        rows.append((f"held-out {k} mean margin", "-" if b is None else f"{b:+.3f}", "-" if a is None else f"{a:+.3f}"))
     for key, label in (("perplexity", "perplexity"), ("attention_mass", "attention on instruction")):
         b, a = (before or {}).get(key), (after or {}).get(key)
         rows.append((label, "-" if b is None else f"{b:.3f}", "-" if a is None else f"{a:.3f}"))

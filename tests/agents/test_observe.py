@@ -206,3 +206,11 @@ def test_observe_resolve_refuses_what_is_not_an_alert(graph, home, capsys):
     assert main(["observe", "--resolve", ev.id]) == 2
     assert "not an alert" in capsys.readouterr().err
     assert main(["observe", "--resolve", alert.id]) == 0
+
+
+def test_the_target_check_reads_the_patterns_held_out_examples_when_the_run_had_them():
+    before, after = metrics(target=2.9), metrics(target=2.8)  # the generic target probes fell a little
+    before["heldout"] = {"target": {"mean_margin": -0.5, "win_rate": 0.2, "n": 4}}
+    after["heldout"] = {"target": {"mean_margin": 0.4, "win_rate": 0.8, "n": 4}}
+    checks = _checks(before, after)
+    assert checks["target"]["ok"] and checks["target"]["detail"].startswith("held-out target margin -0.500")

@@ -80,3 +80,30 @@ def test_attention_mass_is_a_share_and_attention_is_restored(lm):
 def test_default_text_ships_with_python():
     text = default_text()
     assert len(text) > 5000 and "the" in text
+
+
+def test_batched_scores_equal_one_at_a_time(lm):
+    """Left-padded batches with their own positions compute what each row computes alone."""
+    from trainer.scoring import response_logprob, response_logprobs
+
+    model, tok = lm
+    items = [(p.prompt, r) for p in PROBES for r in (p.desired, p.undesired)]
+    items.append(([{"role": "user", "content": "hello hi rename the function to a file please ok done sure"}], "ok"))
+    batched = response_logprobs(model, tok, items, batch_size=3)
+    for (messages, response), (mean, n) in zip(items, batched):
+        alone, n_alone = response_logprob(model, tok, messages, response)
+        assert n == n_alone and mean == pytest.approx(alone, abs=1e-5)
+
+
+def test_batched_hidden_states_equal_one_at_a_time(lm):
+    from trainer.evaluate import _hiddens
+    from trainer.scoring import _split_ids
+
+    model, tok = lm
+    items = [(p.prompt, p.desired) for p in PROBES] + [(PROBES[0].prompt, "sure it is done no")]
+    means, lasts = _hiddens(model, tok, items, layer=1, batch_size=2)
+    for (messages, response), mean, last in zip(items, means, lasts):
+        ids, n = _split_ids(tok, messages, response)
+        with torch.no_grad():
+            hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
+        assert torch.allclose(mean, hs[n:].mean(0), atol=1e-5) and torch.allclose(last, hs[n - 1], atol=1e-5)
