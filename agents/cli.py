@@ -1004,6 +1004,8 @@ def _cmd_checkpoints(args) -> int:
 
 
 def _cmd_ui(args) -> int:
+    import signal
+
     import uvicorn
 
     from agents.ui import UIConfig, create_app
@@ -1012,6 +1014,14 @@ def _cmd_ui(args) -> int:
     cfg = load_config(UIConfig, "ui", file=args.config, overrides={"host": args.host, "port": args.port,
                                                                    "token": args.token, "scope": args.scope})
     cfg.check_bind()
+
+    def stop(signum, frame):
+        # uvicorn re-raises SIGTERM after its graceful shutdown, and the default action would kill the process
+        # before the graph closes (embedded Chroma would then be rebuilt on the next open); uvicorn.run returns
+        # on KeyboardInterrupt instead, and the graph closes
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with _open_graph(args) as g:
         app = create_app(g, cfg)
         print(f"mindloop UI on {cfg.url(with_token=True)} (data {g.config.home}); Ctrl-C stops", file=sys.stderr)

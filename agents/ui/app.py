@@ -17,15 +17,16 @@ or, from Python, with any graph (tests pass one on the hashing embedder)::
 
 from __future__ import annotations
 
+import json
 import logging
 from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -76,6 +77,8 @@ def create_app(graph: MemoryGraph, config: UIConfig | None = None, *, agent: Sig
     page_templates = templates()
 
     def error(request: Request, status: int, message: str):
+        # messages can quote the bad input, lone surrogates included, which UTF-8 cannot carry
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
             return JSONResponse({"detail": message}, status_code=status)
         try:
@@ -109,7 +112,9 @@ def create_app(graph: MemoryGraph, config: UIConfig | None = None, *, agent: Sig
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         if request.url.path.startswith("/api/"):
-            return await request_validation_exception_handler(request, e)
+            # FastAPI's own shape, in ASCII JSON: the errors quote the input, lone surrogates included
+            body = json.dumps({"detail": jsonable_encoder(e.errors())}, ensure_ascii=True)
+            return Response(body, status_code=422, media_type="application/json")
         where = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors())
         return error(request, 422, f"bad request: {where}")
 

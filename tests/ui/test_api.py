@@ -245,3 +245,20 @@ def test_evaluation_rows_skip_missing_metrics():
     rows = evaluation_rows(None, {"kinds": {"mine": {"mean_margin": 0.5}}, "perplexity": 9.0})
     assert [(r["metric"], r["before"], r["after"], r["change"]) for r in rows] == [
         ("perplexity", None, 9.0, None), ("mine margin", None, 0.5, None)]
+
+
+@pytest.mark.parametrize("odd", ["%00", "..", "%F0%9F%92%A9", "'", '"', "*", "NEAR(", "%FF", "a" * 3000])
+def test_odd_input_is_a_4xx_never_a_5xx(client, odd):
+    for path in ("/api/flags/{}", "/api/graph/nodes/{}", "/api/runs/{}", "/api/search?q={}", "/api/flags?pattern={}",
+                 "/flags/{}", "/graph?node={}", "/graph?q={}", "/runs/{}", "/flags?min_confidence={}"):
+        r = client.get(path.format(odd))
+        assert r.status_code < 500, (path, r.status_code, r.text[:200])
+    r = client.post(f"/api/flags/{odd}/edit", headers=CSRF, content=odd.encode())
+    assert 400 <= r.status_code < 500
+
+
+def test_a_lone_surrogate_in_a_body_is_a_422_that_says_where(client, demo):
+    _, facts = demo
+    r = client.post(f"/api/flags/{facts['edited']}/edit", headers={**CSRF, "content-type": "application/json"},
+                    content=b'{"response": "\\ud800"}')
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "response"]

@@ -1,6 +1,9 @@
-"""`mindloop ui`: its help, the refusal to bind without a token, and what it starts (uvicorn faked)."""
+"""`mindloop ui`: its help, the refusal to bind without a token, what it starts (uvicorn faked), and the real
+command serving and stopping."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -54,3 +57,44 @@ def test_bad_flags_are_errors(home, served, capsys):
         main(["ui", "--port", "0"])
     assert main(["ui", "--token", "short"]) == 2
     assert "at least 8 characters" in capsys.readouterr().err and served == []
+
+
+def test_serves_over_http_and_closes_the_graph_on_sigterm(demo_template, tmp_path):
+    """The real command in a subprocess: it answers, and SIGTERM (what service managers send) closes the graph
+    before exiting, so embedded Chroma is not rebuilt on the next open."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    home = tmp_path / "home"
+    shutil.copytree(demo_template, home)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MINDLOOP_HOME": str(home), "MINDLOOP_GRAPH_EMBEDDER": "hashing"}
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "ui", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/flags", timeout=2) as r:
+                    assert json.loads(r.read())["total"] > 0
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mindloop ui did not start"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err  # not killed by the signal (-15): it shut down
+    assert f"mindloop UI on http://127.0.0.1:{port}/" in err
+    assert (home / "chroma.lock").read_text().strip() == "closed"
