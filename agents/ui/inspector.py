@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
+from urllib.parse import quote
 
 from agents.patterns import describe, resolve_pattern
 from agents.signal import SignalAgent, SignalConfig
@@ -34,12 +35,12 @@ from graph import Checkpoint, Example, Flag, MemoryGraph, Node, NodeNotFound, Pa
 from trainer.checkpoints import Checkpoints
 from trainer.errors import CheckpointError
 
-__all__ = ["Inspector", "evaluation_rows", "fallback_report", "href", "label"]
+__all__ = ["Inspector", "evaluation_rows", "fallback_report", "graph_href", "href", "label"]
 
 log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
-# How a node kind is shown in the graph drawing and which page opens it.
+# Node kinds with a page of their own; every other node opens on the graph page.
 _PAGE = {"flag": "/flags/{id}", "run": "/runs/{id}"}
 
 
@@ -69,10 +70,17 @@ def label(node: Node) -> str:
 
 
 def href(node_id: str, kind: str) -> str:
-    """The page that shows a node best: flags and runs have their own, the rest the graph page."""
-    from urllib.parse import quote
+    """The page that shows a node best: flags and runs have their own, the rest the graph page.
 
+    >>> href("flag_1", "flag"), href("turn 1", "turn")
+    ('/flags/flag_1', '/graph?node=turn%201')
+    """
     return _PAGE.get(kind, "/graph?node={id}").format(id=quote(node_id, safe=""))
+
+
+def graph_href(node_id: str) -> str:
+    """The node's neighbourhood on the graph page."""
+    return "/graph?node=" + quote(node_id, safe="")
 
 
 def fallback_report(graph: MemoryGraph, checkpoints: Checkpoints, *, scope: str | None = None) -> dict[str, Any]:
@@ -232,7 +240,8 @@ class Inspector:
             if e.split == "train" and not self.graph.edges(e.id, kinds=["trained_on"], direction="in"):  # type: ignore
                 examples[e.pattern] += 1  # type: ignore[attr-defined]
         scheduled = self._scheduler_readiness()
-        open_alerts = sum(1 for a in self.graph.nodes(kind="alert", scope=self.scope) if a.status == "open")  # type: ignore
+        alerts = self.graph.nodes(kind="alert", scope=self.scope)
+        open_alerts = sum(1 for a in alerts if a.status == "open")  # type: ignore[attr-defined]
         out = []
         for p in self.graph.nodes(kind="pattern", scope=self.scope):
             if p.status == "empty":  # type: ignore[attr-defined]
@@ -330,8 +339,9 @@ class Inspector:
         kept = {n["id"] for n in nodes}
         edges = [{"source": s, "target": d, "kind": k} for s, d, k in sub.edges(keys=True) if s in kept and d in kept]
         record = centre.to_json()
-        return {"node": {"id": centre.id, "kind": centre.kind, "label": label(centre), "href": href(centre.id, centre.kind),
-                         "record": record}, "hops": hops, "nodes": nodes, "edges": edges, "truncated": truncated}
+        return {"node": {"id": centre.id, "kind": centre.kind, "label": label(centre),
+                         "href": href(centre.id, centre.kind), "record": record},
+                "hops": hops, "nodes": nodes, "edges": edges, "truncated": truncated}
 
     def search(self, text: str, *, k: int = 20, kinds: Iterable[str] | None = None) -> dict[str, Any]:
         """The graph's hybrid search, with a label and a link per hit."""
@@ -341,7 +351,7 @@ class Inspector:
         return {"query": text, "index_note": self.graph.index_note,
                 "hits": [{"id": h.node.id, "kind": h.node.kind, "label": label(h.node), "score": h.score,
                           "signals": h.signals, "href": href(h.node.id, h.node.kind),
-                          "graph_href": href(h.node.id, "")} for h in hits]}
+                          "graph_href": graph_href(h.node.id)} for h in hits]}
 
     # -- runs and checkpoints ------------------------------------------------------
 
@@ -409,7 +419,8 @@ class Inspector:
                     continue  # a line cut short by a killed run
                 if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
                     steps.append({k: v for k, v in row.items() if isinstance(v, (int, float))})
-        metrics = (self._read_json(d / "metrics.json") if d else None) or (node.metrics if node is not None else {}) or {}
+        metrics = ((self._read_json(d / "metrics.json") if d else None)
+                   or (node.metrics if node is not None else None) or {})
         before, after = metrics.get("before"), metrics.get("after")
         checkpoint = self._produced(run_id) if node is not None else None
         return {"id": run_id, "status": self._status(d) or (node.status if node is not None else "unknown"),
@@ -492,9 +503,10 @@ class Inspector:
         items = []
         for m in self.checkpoints.list():
             node = nodes.get(m["id"])
+            status = "promoted" if m["id"] == in_use else getattr(node, "status", "candidate")
             items.append({"id": m["id"], "parent": m.get("parent"), "run": m.get("run"), "kind": m.get("kind"),
                           "created": m.get("created"), "error": m.get("error"), "in_use": m["id"] == in_use,
-                          "status": "promoted" if m["id"] == in_use else (node.status if node else "candidate")})  # type: ignore
+                          "status": status})
         return {"in_use": in_use, "checkpoints": items, "history": self.checkpoints.history()}
 
     # -- the observer --------------------------------------------------------------

@@ -61,7 +61,9 @@ class Guard:
     # -- checks ----------------------------------------------------------------------
 
     def token_ok(self, given: str | None) -> bool:
-        return bool(self.config.token and given) and hmac.compare_digest(given.encode(), self.config.token.encode())  # type: ignore
+        if not self.config.token or not given:
+            return False
+        return hmac.compare_digest(given.encode(), self.config.token.encode())
 
     def _bearer(self, request: Request) -> bool:
         auth = request.headers.get("authorization", "")
@@ -71,7 +73,9 @@ class Guard:
         if not self.config.token:
             return True
         cookie = request.cookies.get(COOKIE, "")
-        return self._bearer(request) or bool(cookie) and hmac.compare_digest(cookie.encode(), self._cookie.encode())  # type: ignore
+        if self._bearer(request):
+            return True
+        return bool(cookie) and hmac.compare_digest(cookie.encode(), (self._cookie or "").encode())
 
     def _host_ok(self, request: Request) -> bool:
         if self.config.token:

@@ -101,7 +101,8 @@ def test_patterns_have_size_readiness_and_a_timeline_with_promotions_and_rollbac
     assert sum(b["flags"] for b in p["timeline"]["bins"]) == len(live)
     events = [(e["event"], e["checkpoint"]) for e in p["timeline"]["events"]]
     first, second = facts["checkpoints"]
-    assert events == [("promote", first), ("promote", second), ("rollback", second)]  # the rollback's own promote is folded
+    # the promotion a rollback makes is folded into the rollback
+    assert events == [("promote", first), ("promote", second), ("rollback", second)]
     assert all(e["this_pattern"] for e in p["timeline"]["events"])
     r = p["readiness"]
     assert r["ready"] is False and r["waiting_for"] and r["confirmed"] == sum(f.status == "confirmed" for f in members)

@@ -61,8 +61,8 @@ def _escaped(text: str) -> str:
 def test_review_forms_write_at_once_and_go_back(client, demo):
     g, facts = demo
     target = next(f for f in facts["flags"] if g.get(f).status == "new")
-    r = client.post(f"/flags/{target}/review", data={"action": "confirm", "csrf_token": CSRF, "next": "/flags?status=new"},
-                    follow_redirects=False)
+    r = client.post(f"/flags/{target}/review", follow_redirects=False,
+                    data={"action": "confirm", "csrf_token": CSRF, "next": "/flags?status=new"})
     assert r.status_code == 303 and r.headers["location"] == "/flags?status=new"
     assert g.get(target).status == "confirmed"
     r = client.post(f"/flags/{target}/review", follow_redirects=False,
@@ -136,7 +136,8 @@ def test_the_loss_image_is_served_when_the_trainer_drew_it(client, demo):
     try:
         r = client.get(f"/runs/{facts['runs'][0]}/loss.png")
         assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content.startswith(b"\x89PNG")
-        assert f"/runs/{facts['runs'][0]}/loss.png\">the trainer's loss.png" in client.get(f"/runs/{facts['runs'][0]}").text
+        page = client.get(f"/runs/{facts['runs'][0]}").text
+        assert f"/runs/{facts['runs'][0]}/loss.png\">the trainer's loss.png" in page
     finally:
         png.unlink()
 
