@@ -55,7 +55,7 @@ def create_app(graph: MemoryGraph, config: UIConfig | None = None, *, agent: Sig
 
     ``agent`` reviews flags (default: a :class:`SignalAgent` without a
     detector, which review never uses); ``observer`` is surface-observe's
-    ``report(graph, checkpoints)`` (default: ``agents.observe.report`` when
+    ``report(graph, checkpoints, scope=)`` (default: ``agents.observe.report`` when
     installed); ``readiness`` says which patterns are ready to train (default:
     the scheduler's). See :class:`agents.ui.inspector.Inspector`. The app never
     closes ``graph``: its owner does.

@@ -140,7 +140,7 @@ class Inspector:
 
     Collaborators are injected so tests pass fakes: ``agent`` (flag review),
     ``checkpoints``, ``runs`` (the runs folder), ``observer`` (a
-    ``report(graph, checkpoints) -> dict`` function; surface-observe's by
+    ``report(graph, checkpoints, scope=) -> dict`` function; surface-observe's by
     default, the fallback report while it is absent) and ``readiness`` (a
     ``(graph, scope) -> ({pattern id: row}, min_flags)`` function; the
     scheduler's :func:`agents.scheduler.readiness` by default, the UI's own
@@ -516,7 +516,7 @@ class Inspector:
         report = self._observer or _default_observer()
         if report is None:
             return {**fallback_report(self.graph, self.checkpoints, scope=self.scope), "source": "fallback"}
-        return {**report(self.graph, self.checkpoints), "source": "observer"}
+        return {**report(self.graph, self.checkpoints, scope=self.scope), "source": "observer"}
 
 
 # The before/after table of a run: (label, key path, which way is better).

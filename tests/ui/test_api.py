@@ -201,7 +201,7 @@ def test_checkpoints_name_the_one_in_use_and_the_history(client, demo):
 
 def test_the_observer_shows_surface_observes_report(demo):
     g, _ = demo
-    with TestClient(create_app(g, observer=lambda graph, checkpoints: OBSERVER_REPORT), base_url=BASE) as c:
+    with TestClient(create_app(g, observer=lambda graph, checkpoints, scope: OBSERVER_REPORT), base_url=BASE) as c:
         data = c.get("/api/observer").json()
     assert data["source"] == "observer" and data["in_use"] == "ckpt_a"
     assert [c["verdict"] for c in data["checkpoints"]] == ["keep", "rollback"]

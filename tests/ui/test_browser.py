@@ -53,7 +53,7 @@ def artifacts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(demo):
     g, facts = demo
-    with LiveServer(create_app(g, observer=lambda graph, checkpoints: OBSERVER_REPORT)) as server:
+    with LiveServer(create_app(g, observer=lambda graph, checkpoints, scope: OBSERVER_REPORT)) as server:
         yield server, g, facts
 
 

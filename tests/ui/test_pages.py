@@ -144,8 +144,8 @@ def test_the_loss_image_is_served_when_the_trainer_drew_it(client, demo):
 
 def test_the_observer_page(demo):
     g, _ = demo
-    with TestClient(create_app(g, observer=lambda graph, ckpts: OBSERVER_REPORT), base_url="http://127.0.0.1:8765",
-                    headers=HTML) as c:
+    app = create_app(g, observer=lambda graph, checkpoints, scope: OBSERVER_REPORT)
+    with TestClient(app, base_url="http://127.0.0.1:8765", headers=HTML) as c:
         page = c.get("/observer").text
     assert "Checkpoint in use" in page and "ckpt_a" in page and 'data-chart="rates"' in page
     assert "trained pattern recurred: p1" in page and "Rollback history" in page
