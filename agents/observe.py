@@ -219,12 +219,12 @@ def rollback(graph: MemoryGraph, store, *, reason: str, alert: Alert | None = No
 # -- the pattern's next run --------------------------------------------------------
 
 
-def plan_for(pattern: Pattern, method: str = "lora") -> dict[str, Any]:
+def plan_for(pattern: Pattern, method: str = "lora", lr: float | None = None) -> dict[str, Any]:
     """The pattern's plan for its next run: ``max_examples`` (accept examples; None = all), ``lr``,
     ``general_ratio``, ``reuse`` (train again on examples of a rejected run) and ``history``."""
     plan = dict(pattern.meta.get("plan") or {})
     plan.setdefault("max_examples", None)
-    plan.setdefault("lr", DEFAULT_LR[method])
+    plan.setdefault("lr", lr or DEFAULT_LR[method])
     plan.setdefault("general_ratio", 0.25)
     plan.setdefault("reuse", False)
     plan.setdefault("history", [])

@@ -64,6 +64,8 @@ class SchedulerConfig:
         "help": "first wait after the model backend failed; doubles up to an hour"})
     model: str = field(default="bundled", metadata={"help": "the model to train: 'bundled', an id or a path"})
     method: str = field(default="lora", metadata={"help": "lora | full"})
+    lr: float | None = field(default=None, metadata={
+        "help": "a new pattern's first learning rate; unset = the trainer's (1e-4 for lora, 1e-5 for full)"})
     objective: str = field(default="sft", metadata={"help": "sft | dpo | kto"})
     batch_size: int = field(default=4, metadata={"help": "examples per step"})
     max_steps: int = field(default=-1, metadata={"help": "cap on training steps; -1 = one epoch"})
@@ -82,6 +84,8 @@ class SchedulerConfig:
             raise ConfigError("cooldown and idle must be 0 or more; interval and backoff positive")
         if self.method not in ("lora", "full"):
             raise ConfigError(f"method must be 'lora' or 'full', got {self.method!r}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise ConfigError(f"lr must be between 0 and 1, got {self.lr}")
 
 
 class State(TypedDict, total=False):
@@ -153,7 +157,7 @@ def readiness(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None 
             why.append(f"chat active {idle_for:.0f}s ago (needs {config.idle_s:.0f}s idle)")
         if alerts:
             why.append(f"{len(alerts)} open alert(s)")
-        plan = plan_for(p, config.method)
+        plan = plan_for(p, config.method, config.lr)
         out.append({"pattern": p.id, "name": p.name, "flags": len(flags), "confirmed": len(confirmed),
                     "untrained": len(untrained), "cooldown_left_s": round(cooldown_left), "ripe": not why,
                     "waiting_for": why, "plan": {k: plan[k] for k in ("max_examples", "lr", "general_ratio")},
@@ -166,12 +170,12 @@ class Scheduler:
 
     ``backend_factory()`` returns the chat backend compose uses to write
     replies (or None for references only); it is called when needed and
-    closed after.
+    closed after. A ``backend`` given instead is shared and left open.
     """
 
     def __init__(self, graph: MemoryGraph, config: SchedulerConfig | None = None, *,
                  observe: ObserveConfig | None = None, scope: str | None = None,
-                 backend_factory: Callable[[], Any] | None = None, checkpointer=None, detector=None,
+                 backend_factory: Callable[[], Any] | None = None, backend=None, checkpointer=None, detector=None,
                  probes=None, progress: bool = False, say: Callable[[str], None] | None = None) -> None:
         from langgraph.graph import END, START, StateGraph
 
@@ -185,6 +189,7 @@ class Scheduler:
         self.home = Path(graph.config.home)
         self.store = Checkpoints(self.home / "checkpoints")
         self.backend_factory = backend_factory
+        self.backend = backend
         self.detector = detector
         self.probes = probes
         self.progress = progress
@@ -282,13 +287,14 @@ class Scheduler:
         from agents.compose import ComposeConfig, compose
 
         pattern = self._pattern(state)
-        plan = plan_for(pattern, self.config.method)
+        plan = plan_for(pattern, self.config.method, self.config.lr)
         cfg = ComposeConfig(general_ratio=plan["general_ratio"], include_trained=plan["reuse"])
         backend = None
         try:
-            if self.config.generate and self.backend_factory is not None:
+            if self.config.generate and self.backend is None and self.backend_factory is not None:
                 backend = self.backend_factory()
-            made = compose(self.graph, pattern, embedder=self.graph.embedder, backend=backend,
+            made = compose(self.graph, pattern, embedder=self.graph.embedder,
+                           backend=(self.backend or backend) if self.config.generate else None,
                            detector=self.detector, config=cfg)
         except BackendError as e:
             return self._back_to_wait(state, f"the model backend is unreachable: {e}", backoff=True)
@@ -325,8 +331,9 @@ class Scheduler:
             self._record_failed(state, run_dir, "killed before it finished (no checkpoint was written)")
             return self._back_to_wait(state, f"run {run_id} was killed before it finished")
         pattern = self._pattern(state)
-        plan = plan_for(pattern, self.config.method)
-        pattern.meta = {**pattern.meta, "last_run_at": time.time(), "last_run": run_id}
+        plan = plan_for(pattern, self.config.method, self.config.lr)
+        # the plan as used, so the gate's and the watch's adjustments start from it
+        pattern.meta = {**pattern.meta, "last_run_at": time.time(), "last_run": run_id, "plan": plan}
         self.graph.update(pattern)
         examples = [e for e in self.graph.nodes(kind="example", scope=self.scope) if e.pattern == pattern.id]
         train_ex = [e for e in examples if e.split == "train" and (

@@ -29,7 +29,7 @@ PROBES = [Probe(PROMPT, "done it is", "you could use a class", "target"),
           Probe([{"role": "user", "content": "hello"}], "hi", "tabs spaces", "capability")]
 # a gate that passes whatever a two-step run on a random tiny model does, and one that never does
 LENIENT = ObserveConfig(min_target_gain=-100, max_ppl_increase=100, max_pushback_drop=100, max_capability_drop=1)
-STRICT = ObserveConfig(min_target_gain=100)
+STRICT = ObserveConfig(min_target_gain=100, max_ppl_increase=100, max_pushback_drop=100, max_capability_drop=1)
 
 
 def _fill(graph, n_flags: int = 4):
@@ -239,3 +239,15 @@ def test_sigkill_while_training_records_a_failed_run_and_never_runs_it_twice(tmp
     seen = _check_consistent(home)
     assert len(seen["runs"]) == 1 and seen["checkpoints"] == [] and seen["promoted"] is None
     assert (home / "runs" / seen["runs"][0] / "status").read_text().startswith("failed")
+
+
+def test_a_configured_first_learning_rate_is_what_the_plan_grows_from(graph, tiny_lm):
+    p = _fill(graph)
+    s = Scheduler(graph, _config(tiny_lm, lr=4e-4), observe=STRICT, probes=PROBES, say=lambda m: None)
+    try:
+        state = s.tick()
+    finally:
+        s.close()
+    assert state["last"]["verdict"] == "rejected"
+    assert graph.get(state["last"]["run"]).config["learning_rate"] == pytest.approx(4e-4)
+    assert plan_for(graph.get(p.id))["lr"] == pytest.approx(8e-4)
