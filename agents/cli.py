@@ -485,6 +485,7 @@ def _cmd_serve(args) -> int:
 
     cfg = load_config(ServeConfig, "serve", file=args.config, overrides={"host": args.host, "port": args.port})
     check_bind(cfg)
+    _sigterm_closes()
     with _open_graph(args) as g:
         if args.scope:
             g.config.scope = args.scope
@@ -534,6 +535,7 @@ def _scheduler(args, g, *, say=None):
 
 
 def _cmd_daemon(args) -> int:
+    _sigterm_closes()
     with _open_graph(args) as g:
         if args.scope:
             g.config.scope = args.scope
@@ -549,6 +551,21 @@ def _cmd_daemon(args) -> int:
         finally:
             scheduler.close()
     return 0
+
+
+def _sigterm_closes() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the graph closes before the process ends.
+
+    uvicorn re-raises SIGTERM after its graceful shutdown, and the default action would kill the process
+    before the graph closes (embedded Chroma would then be rebuilt on the next open); a KeyboardInterrupt
+    unwinds the ``with`` blocks instead. The daemon likewise finishes closing its checkpointer.
+    """
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _cmd_observe(args) -> int:
@@ -1004,7 +1021,6 @@ def _cmd_checkpoints(args) -> int:
 
 
 def _cmd_ui(args) -> int:
-    import signal
 
     import uvicorn
 
@@ -1015,13 +1031,7 @@ def _cmd_ui(args) -> int:
                                                                    "token": args.token, "scope": args.scope})
     cfg.check_bind()
 
-    def stop(signum, frame):
-        # uvicorn re-raises SIGTERM after its graceful shutdown, and the default action would kill the process
-        # before the graph closes (embedded Chroma would then be rebuilt on the next open); uvicorn.run returns
-        # on KeyboardInterrupt instead, and the graph closes
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    _sigterm_closes()
     with _open_graph(args) as g:
         app = create_app(g, cfg)
         print(f"mindloop UI on {cfg.url(with_token=True)} (data {g.config.home}); Ctrl-C stops", file=sys.stderr)
