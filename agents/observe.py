@@ -341,6 +341,9 @@ def _rate_tests(before: Sequence[_TurnStat], after: Sequence[_TurnStat], trained
     for p in patterns:
         label = "trained pattern recurred" if p == trained else "pattern rose"
         what.append((f"{label}: {p}", p, sum(p in s.patterns for s in before), sum(p in s.patterns for s in after)))
+    if patterns:  # the overall correction rate: a checkpoint can be worse a little everywhere
+        what.append(("flagged turns rose (any pattern)", "any_flag", sum(1 for s in before if s.patterns),
+                     sum(1 for s in after if s.patterns)))
     what.append(("correction memories surfaced more often", "surfaced_corrections",
                  sum(1 for s in before if s.surfaced_corrections), sum(1 for s in after if s.surfaced_corrections)))
     level = config.alpha / max(1, len(what))  # Bonferroni over every rise we look for
