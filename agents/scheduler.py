@@ -426,6 +426,7 @@ class Scheduler:
         else:  # an unreadable candidate: nothing to learn about the plan
             plan = None
         return {"phase": "wait", "stop": True, "run_id": None, "checkpoint": None,
+                "note": f"the gate rejected {checkpoint}: " + "; ".join(result.reasons),
                 "last": {"pattern": state.get("pattern"), "run": state.get("run_id"), "checkpoint": checkpoint,
                          "gate": result.to_json(), "verdict": "rejected", "at": time.time(),
                          "plan": plan and {k: plan[k] for k in ("max_examples", "lr", "general_ratio")}}}

@@ -2,11 +2,11 @@
 
     make demo                       # or: .venv/bin/python examples/00_demo.py [--home DIR]
 
-Expected runtime: about 5 minutes on 2 CPU cores (loading the models, generating replay answers, training and
-evaluating before and after).
+Expected runtime: about 12 minutes on 2 CPU cores (loading the models, three passes of scripted traffic, two
+training runs each evaluated before and after).
 Offline.
 
-Today (memory graph, agent loop and training-signal agent landed):
+What it shows:
 
 1. the scripted conversations in ``examples/data/conversations.jsonl`` are
    logged into a fresh memory graph with the bundled all-MiniLM-L6-v2
@@ -26,11 +26,17 @@ Today (memory graph, agent loop and training-signal agent landed):
    reviewer: ``signal.auto_confirm_above = 0.9``) and composes the pattern's
    balanced examples (accept, push-back, general replay answered by the
    bundled model), printing the counts by kind;
-4. the trainer trains the demo pattern (SFT, LoRA, context-frozen gradient,
-   one epoch) and prints the before/after table: target, push-back and
-   capability probes, perplexity, the steering readout and attention on the
-   instruction. The candidate checkpoint is written but not promoted
-   (promotion is the observer's gate, next issue).
+4. the scheduler (what ``mindloop daemon`` runs) finds the demo pattern ripe
+   and runs the cycle: compose, train (SFT, LoRA, context-frozen, one epoch),
+   gate (held-out target up, nothing regressed), promote, watch. The scripted
+   user of ``examples/replay.py`` sends the requests of
+   ``examples/data/replay.jsonl`` through the loop before and after the
+   promotion and corrects only the replies that fail; surface-observe
+   compares the rates and gives its verdict;
+5. an operator trains the same pattern far too hard (lr 5e-3, three epochs)
+   and promotes it over the gate's objection; after the next traffic the
+   watch raises an alert, rolls back to the parent and shrinks the pattern's
+   next run.
 
 Each run starts from a fresh data directory (``./demo-data`` unless
 ``--home`` is given; its old contents are removed), so re-running is safe.
@@ -49,6 +55,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "examples"))  # the scripted user of the replays
 
 from graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
 from graph.conversations import import_conversations  # noqa: E402
@@ -163,26 +170,135 @@ def training_signal(graph: MemoryGraph, agent, backend):
     return top, made
 
 
-def train_the_pattern(graph: MemoryGraph, pattern, made) -> None:
+def _rates(report: dict, checkpoint: str) -> None:
+    c = next((c for c in report["checkpoints"] if c["id"] == checkpoint), None)
+    if c is None:
+        return
+    table = Table(title=f"surface-observe: {checkpoint} against {c['parent'] or 'the base model'} "
+                        f"({c['n_before']} turns before, {c['n_after']} after): {c['verdict'].upper()}",
+                  title_justify="left")
+    for col in ("rate of turns that ...", "before", "after", "p (one-sided)", "level", "verdict"):
+        table.add_column(col)
+    for t in c["tests"]:
+        table.add_row(t["what"][:60], f"{t['before_rate']:.3f}" if t["before_rate"] is not None else "-",
+                      f"{t['after_rate']:.3f}" if t["after_rate"] is not None else "-",
+                      f"{t['p_value']:.4f}" if t["p_value"] is not None else "-", f"{t['level']:.4f}", t["verdict"])
+    console.print(table)
+
+
+def _replay(loop, tag: str) -> None:
+    import replay
+
+    t = time.perf_counter()
+    out = replay.replay(loop, tag)
+    console.print(f"replayed {sum(out['total'].values())} scripted requests through the loop on "
+                  f"{loop.backend.checkpoint or 'the base model'} in {time.perf_counter() - t:.0f}s: the user had to "
+                  f"correct " + ", ".join(f"{out['failed'].get(k, 0)}/{n} {k}" for k, n in out["total"].items())
+                  + " replies")
+
+
+def _demo_gate():
+    from agents.observe import ObserveConfig
+
+    # min_turns 20 (default 30): the demo's traffic is 48 scripted requests per model. Capability may fall 5
+    # points (default 2): the 68 capability probes move in steps of 1.5 points, and the demo's single cycle
+    # should not hinge on one probe.
+    return ObserveConfig(min_turns=20, max_capability_drop=0.05)
+
+
+def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
+    """The scheduler finds the pattern ripe and runs the cycle; traffic before and after; the watch's verdict."""
+    from agents.loop import ChatLoop
+    from agents.observe import report
+    from agents.scheduler import Scheduler, SchedulerConfig, readiness
+    from trainer.checkpoints import Checkpoints
+
+    store = Checkpoints(graph.config.home / "checkpoints")
+    loop = ChatLoop(graph, backend, on_pair=agent.on_pair)
+    observe = _demo_gate()
+    console.print("the demo's gate and watch: at least 20 turns a side (default 30), capability may fall 5 points "
+                  "(default 2; one of the 68 capability probes is 1.5 points)")
+    # the demo's settings: its pattern has about 20 flags and it cannot wait 6 hours or 10 idle minutes; and it
+    # starts at the top of the LoRA range (1e-3): at 1e-4 the held-out margin moves too little for the gate,
+    # and the plan would grow over several cycles (tests/agents/test_scheduler.py shows the growing)
+    cfg = SchedulerConfig(min_flags=15, cooldown_s=0, idle_s=0, lr=1e-3)
+    try:
+        console.print("traffic on the base model first, so the watch has something to compare with:")
+        _replay(loop, "base")
+        for r in readiness(graph, cfg)[:3]:
+            console.print(f"  {'RIPE' if r['ripe'] else 'wait'} {r['name'][:40]!r}: {r['confirmed']} confirmed, "
+                          f"{r['untrained']} untrained" + (f" ({'; '.join(r['waiting_for'])})" if r["waiting_for"] else ""))
+        console.print("[bold]scheduler tick[/] (what `mindloop daemon` does every minute):")
+        scheduler = Scheduler(graph, cfg, observe=observe, backend=backend, detector=agent.detector,
+                              say=lambda m: console.print(f"  [cyan]scheduler:[/] {m}"))
+        try:
+            t = time.perf_counter()
+            state = scheduler.tick()
+            console.print(f"  tick took {time.perf_counter() - t:.0f}s; phase now '{state['phase']}'"
+                          + (f": {state['note']}" if state.get("note") else ""))
+            run = graph.get(state["run_id"]) if state.get("run_id") else None
+            if run is not None:
+                from trainer.evaluate import format_comparison
+
+                console.print(format_comparison(run.metrics.get("before"), run.metrics.get("after")), markup=False)
+            if store.promoted() is None:
+                console.print("[yellow]the gate kept the base model; nothing to watch[/]")
+                return
+            console.print("traffic after the promotion (the chat model follows promoted.json):")
+            _replay(loop, "promoted")
+            state = scheduler.tick()
+            console.print(f"  [cyan]scheduler:[/] phase now '{state['phase']}'; last cycle: "
+                          f"{state.get('last', {}).get('verdict')}")
+            _rates(report(graph, store, observe), state.get("last", {}).get("checkpoint") or "")
+        finally:
+            scheduler.close()
+    finally:
+        loop.close()
+
+
+def over_trained(graph: MemoryGraph, agent, backend, pattern) -> None:
+    """An operator trains far too hard and promotes by hand; the gate said no, the watch rolls it back."""
+    from agents.loop import ChatLoop
+    from agents.observe import gate_checkpoint, promote, report, watch
+    from trainer.checkpoints import Checkpoints
     from trainer.data import rows_from_examples
-    from trainer.evaluate import builtin_probes, format_comparison, probes_from_examples
+    from trainer.evaluate import builtin_probes, probes_from_examples
     from trainer.run import TrainConfig, record_run, train
 
-    train_examples = [e for e in made.examples if e.split == "train"]
-    held = probes_from_examples([e for e in made.examples if e.split == "heldout"])
-    probes = builtin_probes() + held
-    console.print(f"training on {len(train_examples)} examples (SFT, LoRA, lr 1e-4, context-frozen, 1 epoch); "
-                  f"evaluating on {len(probes)} probes ({len(held)} held out from the pattern) before and after ...")
+    store = Checkpoints(graph.config.home / "checkpoints")
+    observe = _demo_gate()
+    examples = [e for e in graph.nodes(kind="example") if e.pattern == pattern.id]
+    rows = rows_from_examples([e for e in examples if e.split == "train"], "sft")
+    cfg = TrainConfig(lr=5e-3, epochs=3)
+    console.print(f"mindloop train --pattern {pattern.id[:16]}… --lr 5e-3 --epochs 3   (50x the default lr, "
+                  f"three passes)")
     t = time.perf_counter()
-    result = train(TrainConfig(), rows_from_examples(train_examples, "sft"), home=graph.config.home,
-                   probes=probes, progress=False)
-    record_run(graph, result, example_ids=[e.id for e in train_examples])
-    losses = [s["loss"] for s in result.steps]
-    console.print(f"run {result.run_id}: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
-                  f"{time.perf_counter() - t:.0f}s with both evaluations; loss curve {result.run_dir / 'loss.png'}")
-    console.print(format_comparison(result.before, result.after), markup=False)
-    console.print(f"candidate checkpoint {result.checkpoint} (parent: base model), not promoted: "
-                  f"mindloop checkpoints promote {result.checkpoint}")
+    result = train(cfg, rows, home=graph.config.home, probes=builtin_probes() + probes_from_examples(
+        [e for e in examples if e.split == "heldout"]), progress=False, tags={"pattern": pattern.id})
+    record_run(graph, result, example_ids=[e.id for e in examples if e.split == "train"])
+    console.print(f"run {result.run_id}: {len(result.steps)} steps in {time.perf_counter() - t:.0f}s")
+    verdict = gate_checkpoint(graph, store, result.checkpoint, observe)
+    console.print(f"gate: {'PASS' if verdict.promote else 'REJECT'}")
+    for c in verdict.checks:
+        console.print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}", markup=False)
+    console.print(f"[yellow]the operator promotes it anyway: mindloop checkpoints promote {result.checkpoint}[/]")
+    promote(graph, store, result.checkpoint, reason="manual, over the gate's objection")
+    loop = ChatLoop(graph, backend, on_pair=agent.on_pair)
+    try:
+        _replay(loop, "overtrained")
+    finally:
+        loop.close()
+    outcome = watch(graph, store, observe)
+    rep = report(graph, store, observe)
+    _rates(rep, result.checkpoint)
+    if outcome.get("rolled_back"):
+        alert = graph.get(outcome["alert"])
+        console.print(f"[red]ALERT {alert.id}[/]: {alert.reason}")
+        console.print(f"rolled back: {alert.details.get('action')}; now serving "
+                      f"{(store.promoted() or {}).get('checkpoint') or 'the base model'}; the pattern's next run "
+                      f"shrinks to {alert.details.get('plan')}")
+    else:
+        console.print(f"watch verdict: {outcome['verdict']} (no rollback)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,10 +354,12 @@ def main(argv: list[str] | None = None) -> int:
 
         console.rule("[bold]the training-signal agent: detect -> flag -> pattern -> compose")
         found = training_signal(graph, agent, backend)
-        backend.close()
         if found:
-            console.rule("[bold]the trainer: a conditional update, measured before and after")
-            train_the_pattern(graph, *found)
+            console.rule("[bold]the scheduler: ripe -> compose -> train -> gate -> promote -> watch")
+            scheduled_cycle(graph, agent, backend, found[0])
+            console.rule("[bold]surface-observe: an over-trained checkpoint is caught and rolled back")
+            over_trained(graph, agent, backend, found[0])
+        backend.close()
 
     console.rule()
     console.print(f"done in {time.perf_counter() - started:.1f}s. Try it yourself:")
@@ -252,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop flags list    # review: flags show|confirm|reject|edit")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop patterns")
     console.print("  .venv/bin/mindloop detect --eval agents/data/seed.jsonl --split heldout")
-    console.print("Coming with the next issues: the observer's gate and watch, and the scheduler.")
+    console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop status      # readiness, runs, verdicts, alerts")
+    console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop observe     # rates per checkpoint, tests, rollbacks")
+    console.print(f"the inspection UI over this demo's data: .venv/bin/mindloop ui --home {home}   "
+                  f"(then open http://127.0.0.1:8765)")
     return 0
 
 

@@ -26,7 +26,7 @@ def test_example_runs(path, tmp_path):
     args = [sys.executable, str(path)]
     if path.name == "00_demo.py":
         args += ["--home", str(tmp_path / "demo")]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    out = subprocess.run(args, capture_output=True, text=True, timeout=1500, cwd=tmp_path,
                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-3000:]
     text = " ".join(out.stdout.split())  # rich wraps at the terminal width
@@ -36,6 +36,14 @@ def test_example_runs(path, tmp_path):
         assert "signal: this turn corrects the previous reply" in text
         assert "pattern pattern_" in text and "unwanted alternatives" in text
         assert "compose --pattern" in text and "accept" in text and "pushback" in text and "general" in text
-        assert "target mean margin" in text and "perplexity" in text and "candidate checkpoint ckpt_" in text
+        # the scheduler's cycle: ripe -> compose -> train -> gate -> promote -> watch -> verdict
+        assert "scheduler: pattern pattern_" in text and "is ripe" in text and "scheduler: training run_" in text
+        assert "target mean margin" in text and "perplexity" in text and "scheduler: gate ok" in text
+        assert "scheduler: promoted ckpt_" in text and "scheduler: watch verdict for ckpt_" in text
+        assert "surface-observe: ckpt_" in text
+        # the over-trained checkpoint: the gate objects, the operator promotes it, the watch rolls it back
+        assert "gate: REJECT" in text and "FAIL perplexity" in text
+        assert "ALERT alert_" in text and "rolled back: rolled back to ckpt_" in text
+        assert "mindloop ui --home" in text
     else:
         assert "neighbours of the correction: True" in text
