@@ -66,7 +66,9 @@ class SchedulerConfig:
     method: str = field(default="lora", metadata={"help": "lora | full"})
     lr: float | None = field(default=None, metadata={
         "help": "a new pattern's first learning rate; unset = the trainer's (1e-4 for lora, 1e-5 for full)"})
-    objective: str = field(default="sft", metadata={"help": "sft | dpo | kto"})
+    objective: str = field(default="dpo", metadata={
+        "help": "dpo (default: the accepted reply over the flagged one, on the pattern's preference pairs) | sft | "
+                "kto; see docs/observer.md for why"})
     batch_size: int = field(default=4, metadata={"help": "examples per step"})
     max_steps: int = field(default=-1, metadata={"help": "cap on training steps; -1 = one epoch"})
     probes: str = field(default="", metadata={
@@ -84,6 +86,8 @@ class SchedulerConfig:
             raise ConfigError("cooldown and idle must be 0 or more; interval and backoff positive")
         if self.method not in ("lora", "full"):
             raise ConfigError(f"method must be 'lora' or 'full', got {self.method!r}")
+        if self.objective not in ("sft", "dpo", "kto"):
+            raise ConfigError(f"objective must be sft, dpo or kto, got {self.objective!r}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise ConfigError(f"lr must be between 0 and 1, got {self.lr}")
 

@@ -27,7 +27,8 @@ What it shows:
    balanced examples (accept, push-back, general replay answered by the
    bundled model), printing the counts by kind;
 4. the scheduler (what ``mindloop daemon`` runs) finds the demo pattern ripe
-   and runs the cycle: compose, train (SFT, LoRA, context-frozen, one epoch),
+   and runs the cycle: compose, train (DPO on the pattern's preference pairs,
+   LoRA, lr 1e-4, one epoch),
    gate (held-out target up, nothing regressed), promote, watch. The scripted
    user of ``examples/replay.py`` sends the requests of
    ``examples/data/replay.jsonl`` through the loop before and after the
@@ -200,10 +201,8 @@ def _replay(loop, tag: str) -> None:
 def _demo_gate():
     from agents.observe import ObserveConfig
 
-    # min_turns 20 (default 30): the demo's traffic is 48 scripted requests per model. Capability may fall 5
-    # points (default 2): the 68 capability probes move in steps of 1.5 points, and the demo's single cycle
-    # should not hinge on one probe.
-    return ObserveConfig(min_turns=20, max_capability_drop=0.05)
+    # min_turns 20 (default 30): the demo's traffic is 48 scripted requests per model
+    return ObserveConfig(min_turns=20)
 
 
 def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
@@ -216,12 +215,9 @@ def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
     store = Checkpoints(graph.config.home / "checkpoints")
     loop = ChatLoop(graph, backend, on_pair=agent.on_pair)
     observe = _demo_gate()
-    console.print("the demo's gate and watch: at least 20 turns a side (default 30), capability may fall 5 points "
-                  "(default 2; one of the 68 capability probes is 1.5 points)")
-    # the demo's settings: its pattern has about 20 flags and it cannot wait 6 hours or 10 idle minutes; and it
-    # starts at the top of the LoRA range (1e-3): at 1e-4 the held-out margin moves too little for the gate,
-    # and the plan would grow over several cycles (tests/agents/test_scheduler.py shows the growing)
-    cfg = SchedulerConfig(min_flags=15, cooldown_s=0, idle_s=0, lr=1e-3)
+    console.print("the demo's watch needs at least 20 turns a side (default 30); the gate has its defaults")
+    # the demo's settings: its pattern has about 20 flags and it cannot wait 6 hours or 10 idle minutes
+    cfg = SchedulerConfig(min_flags=15, cooldown_s=0, idle_s=0)
     try:
         console.print("traffic on the base model first, so the watch has something to compare with:")
         _replay(loop, "base")
