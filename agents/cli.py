@@ -277,6 +277,8 @@ def _scheduler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cooldown", type=_non_negative_float, help="seconds between runs of one pattern (default 21600)")
     p.add_argument("--idle", type=_non_negative_float, help="seconds without a chat turn before training (default 600)")
     p.add_argument("--method", choices=["lora", "full"], help="what to train (default lora)")
+    p.add_argument("--objective", choices=["dpo", "sft", "kto"],
+                   help="default dpo: the accepted reply over the flagged one (docs/observer.md)")
     p.add_argument("--max-steps", type=_positive, help="cap on training steps per run (default: one epoch)")
     p.add_argument("--no-generate", dest="generate", action="store_false", default=None,
                    help="compose without the model: references for general replay")
@@ -521,6 +523,7 @@ def _scheduler(args, g, *, say=None):
         "interval_s": getattr(args, "interval", None), "min_flags": getattr(args, "min_flags", None),
         "cooldown_s": getattr(args, "cooldown", None), "idle_s": getattr(args, "idle", None),
         "method": getattr(args, "method", None), "max_steps": getattr(args, "max_steps", None),
+        "objective": getattr(args, "objective", None),
         "generate": getattr(args, "generate", None), "model": getattr(args, "model", None)})
     observe = load_config(ObserveConfig, "observe", file=args.config)
     detector = None
