@@ -43,7 +43,7 @@ from typing import Any, Callable, TypedDict
 
 from agents.observe import (ObserveConfig, gate_checkpoint, grow_plan, open_alerts, plan_for, promote, shrink_plan,
                             watch)
-from graph import Flag, MemoryGraph, NodeNotFound, Pattern, Run
+from graph import MemoryGraph, NodeNotFound, Pattern, Run
 
 __all__ = ["SchedulerConfig", "Scheduler", "readiness", "confirmed_flags"]
 
@@ -124,15 +124,9 @@ def _covered_flags(graph: MemoryGraph, pattern_id: str) -> set[str]:
 
 
 def confirmed_flags(graph: MemoryGraph, pattern_id: str) -> list[str]:
-    out = []
-    for e in graph.edges(pattern_id, kinds=["member_of"], direction="in"):
-        try:
-            f = graph.get(e.src)
-        except NodeNotFound:
-            continue
-        if isinstance(f, Flag) and f.status == "confirmed":
-            out.append(f.id)
-    return sorted(out)
+    from agents.patterns import _members
+
+    return sorted(f.id for f in _members(graph, pattern_id) if f.status == "confirmed")
 
 
 def readiness(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None = None,
