@@ -14,7 +14,8 @@ with the checks, an ``Alert`` with the reasons) and the parent stays in use.
 When the target moved too little the pattern's next run *grows* (more
 examples, up to 50; twice the learning rate, within the documented range).
 
-**Watch.** Every assistant turn records the checkpoint that wrote it. For a
+**Watch.** Every assistant turn the loop logs records the model and checkpoint
+that wrote it (imported logs, which name no model, are not counted). For a
 promoted checkpoint, :func:`watch` compares the turns it served with the turns
 its predecessor served in the ``baseline_s`` before the promotion: per pattern,
 the share of turns that were flagged; and the share of turns that needed a
@@ -289,7 +290,8 @@ def _turn_stats(graph: MemoryGraph, scope: str | None, since: float, kinds: Sequ
         flagged[f.turn].update(pats or ["(no pattern)"])  # type: ignore[attr-defined]
     out = []
     for t in graph.nodes(kind="turn", scope=scope, since=since):
-        if t.role != "assistant":  # type: ignore[attr-defined]
+        # only what a model served through the loop: imported logs name no model and no checkpoint
+        if t.role != "assistant" or not t.model:  # type: ignore[attr-defined]
             continue
         meta = t.meta  # type: ignore[attr-defined]
         dep = meta.get("memory_dependence")

@@ -15,19 +15,21 @@ def add_pattern(graph: MemoryGraph, name: str = "suggests alternatives instead o
 
 def log_exchange(graph: MemoryGraph, session: str, *, checkpoint: str | None, created: float,
                  pattern: Pattern | None = None, surfaced_kind: str | None = None, status: str = "confirmed",
-                 better: str | None = "done") -> list:
+                 better: str | None = "done", model: str | None = "tiny") -> list:
     """A user request and the assistant's reply served by ``checkpoint``; with ``pattern`` the user corrects it
     (a flag in that pattern) and the assistant then does it."""
     meta = {"surfaced": [{"id": "mem_x", "kind": surfaced_kind}]} if surfaced_kind else {}
     n = sum(map(ord, session))  # distinct texts per session, so composing does not drop them as near-duplicates
     turns = [dict(role="user", text=f"rename the function please {session} {n}", created=created,
-                  checkpoint=checkpoint),
+                  checkpoint=checkpoint, model=model),
              dict(role="assistant", text="you could use a class or what", created=created + 0.1,
-                  checkpoint=checkpoint, meta=meta)]
+                  checkpoint=checkpoint, meta=meta, model=model)]
     if pattern is not None:
-        turns += [dict(role="user", text="no just do the rename", created=created + 0.2, checkpoint=checkpoint),
-                  dict(role="assistant", text=f"done it is {session}", created=created + 0.3, checkpoint=checkpoint),
-                  dict(role="user", text="ok thanks", created=created + 0.4, checkpoint=checkpoint)]
+        turns += [dict(role="user", text="no just do the rename", created=created + 0.2, checkpoint=checkpoint,
+                       model=model),
+                  dict(role="assistant", text=f"done it is {session}", created=created + 0.3, checkpoint=checkpoint,
+                       model=model),
+                  dict(role="user", text="ok thanks", created=created + 0.4, checkpoint=checkpoint, model=model)]
     logged = graph.log_turns(session, turns)
     if pattern is not None:
         flag = graph.add(Flag(session=session, turn=logged[1].id, correction=logged[2].id, type="unwanted_alternatives",

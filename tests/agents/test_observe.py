@@ -228,3 +228,14 @@ def test_the_target_check_reads_the_patterns_held_out_examples_when_the_run_had_
     after["heldout"] = {"target": {"mean_margin": 0.4, "win_rate": 0.8, "n": 4}}
     checks = _checks(before, after)
     assert checks["target"]["ok"] and checks["target"]["detail"].startswith("held-out target margin -0.500")
+
+
+def test_the_watch_counts_only_turns_a_model_served_not_imported_logs(graph, home):
+    p = add_pattern(graph)
+    _serve(graph, 40, checkpoint=None, start=time.time() - 1000)
+    for i in range(40):  # imported logs full of flags: no model, so not the base model's record
+        log_exchange(graph, f"imp{i}", checkpoint=None, created=time.time() - 900 + i, pattern=p, model=None)
+    store = _promoted(graph, home, pattern=p)
+    _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, prefix="a")
+    verdict = ob.watch(graph, store, act=False)
+    assert verdict["n_before"] == 40 and verdict["n_after"] == 40
