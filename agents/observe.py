@@ -17,10 +17,10 @@ examples, up to 50; twice the learning rate, within the documented range).
 **Watch.** Every assistant turn the loop logs records the model and checkpoint
 that wrote it (imported logs, which name no model, are not counted). For a
 promoted checkpoint, :func:`watch` compares the turns it served with the turns
-its predecessor served in the ``baseline_s`` before the promotion: per pattern,
-the share of turns that were flagged; and the share of turns that needed a
-correction memory surfaced. Each rise is a one-sided Fisher exact test
-(Bonferroni over the tests), and no verdict is given before both sides have
+its predecessor served in the ``baseline_s`` before the promotion: the share of
+turns flagged in the trained pattern, the share flagged outside it, and the
+share that needed a correction memory surfaced. Each rise is a one-sided
+Fisher exact test (Bonferroni over the three), and no verdict is given before both sides have
 ``min_turns`` turns. A significant rise raises an ``Alert``, rolls back to the
 parent (an atomic rename, a ``rolled_back`` edge from the alert) and *shrinks*
 the pattern's next run: general share 25% -> 40%, learning rate halved, fewer
@@ -334,21 +334,31 @@ def _windows(stats: Sequence[_TurnStat], start: float, size: float) -> list[dict
 
 
 def _rate_tests(before: Sequence[_TurnStat], after: Sequence[_TurnStat], trained: str | None,
-                config: ObserveConfig) -> list[dict[str, Any]]:
+                config: ObserveConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rises that raise an alert, tested, and the per-pattern rates, described.
+
+    Three tests, Bonferroni over them: the trained pattern recurring; flags
+    outside it rising (another pattern, or failures no pattern holds yet,
+    pooled so that a checkpoint a little worse everywhere is seen); correction
+    memories surfaced more often. One test per pattern would split the level
+    over every small pattern and miss what the pooled rate catches.
+    """
     from scipy.stats import fisher_exact
 
     nb, na = len(before), len(after)
-    patterns = sorted({p for s in [*before, *after] for p in s.patterns})
     what: list[tuple[str, str, int, int]] = []
-    for p in patterns:
-        label = "trained pattern recurred" if p == trained else "pattern rose"
-        what.append((f"{label}: {p}", p, sum(p in s.patterns for s in before), sum(p in s.patterns for s in after)))
-    if patterns:  # the overall correction rate: a checkpoint can be worse a little everywhere
+    if trained:
+        what.append((f"trained pattern recurred: {trained}", trained, sum(trained in s.patterns for s in before),
+                     sum(trained in s.patterns for s in after)))
+        other = lambda s: bool(s.patterns - {trained})  # noqa: E731
+        what.append(("other patterns rose (flags outside the trained pattern)", "other_patterns",
+                     sum(map(other, before)), sum(map(other, after))))
+    else:
         what.append(("flagged turns rose (any pattern)", "any_flag", sum(1 for s in before if s.patterns),
                      sum(1 for s in after if s.patterns)))
     what.append(("correction memories surfaced more often", "surfaced_corrections",
                  sum(1 for s in before if s.surfaced_corrections), sum(1 for s in after if s.surfaced_corrections)))
-    level = config.alpha / max(1, len(what))  # Bonferroni over every rise we look for
+    level = config.alpha / len(what)
     tests = []
     for label, key, kb, ka in what:
         test = {"what": label, "key": key, "n_before": nb, "n_after": na, "events_before": kb, "events_after": ka,
@@ -361,7 +371,13 @@ def _rate_tests(before: Sequence[_TurnStat], after: Sequence[_TurnStat], trained
         else:
             test["verdict"] = "too few turns"
         tests.append(test)
-    return tests
+    breakdown = []
+    for p in sorted({p for s in [*before, *after] for p in s.patterns}):
+        kb, ka = sum(p in s.patterns for s in before), sum(p in s.patterns for s in after)
+        breakdown.append({"pattern": p, "trained": p == trained, "events_before": kb, "events_after": ka,
+                          "before_rate": round(kb / nb, 4) if nb else None,
+                          "after_rate": round(ka / na, 4) if na else None})
+    return tests, breakdown
 
 
 def _assess(graph: MemoryGraph, store, period: dict[str, Any], stats: Sequence[_TurnStat],
@@ -374,7 +390,7 @@ def _assess(graph: MemoryGraph, store, period: dict[str, Any], stats: Sequence[_
     node = _checkpoint_node(graph, ck)
     if node is not None:
         trained = node.manifest.get("pattern")
-    tests = _rate_tests(before, after, trained, config)
+    tests, breakdown = _rate_tests(before, after, trained, config)
     if len(before) < config.min_turns:
         verdict = "insufficient data"
     elif len(after) < config.min_turns:
@@ -387,7 +403,8 @@ def _assess(graph: MemoryGraph, store, period: dict[str, Any], stats: Sequence[_
             "status": node.status if node is not None else None,
             "windows": _windows(after, start, config.window_s),
             "baseline_windows": _windows(before, start - config.baseline_s, config.window_s),
-            "tests": tests, "verdict": verdict, "n_before": len(before), "n_after": len(after)}
+            "tests": tests, "patterns": breakdown, "verdict": verdict, "n_before": len(before),
+            "n_after": len(after)}
 
 
 def watch(graph: MemoryGraph, store, config: ObserveConfig | None = None, *, scope: str | None = None,
@@ -409,6 +426,11 @@ def watch(graph: MemoryGraph, store, config: ObserveConfig | None = None, *, sco
     risen = [t for t in out["tests"] if t["verdict"] == "rose"]
     reason = "; ".join(f"{t['what']} ({t['before_rate']:.3f} -> {t['after_rate']:.3f}, p={t['p_value']:.4f})"
                        for t in risen)
+    rising = sorted((b for b in out["patterns"] if not b["trained"] and b["after_rate"] > b["before_rate"]),
+                    key=lambda b: b["before_rate"] - b["after_rate"])[:3]
+    if rising and any(t["key"] == "other_patterns" for t in risen):
+        reason += "; most of it in " + ", ".join(f"{b['pattern']} ({b['before_rate']:.3f} -> {b['after_rate']:.3f})"
+                                                 for b in rising)
     scope_name = graph.resolve_scope(scope)
     alert = Alert(scope=scope_name, checkpoint=out["id"], reason=reason, status="open",
                   details={"kind": "watch", "tests": risen, "parent": out["parent"]})

@@ -153,7 +153,6 @@ def test_watch_alerts_when_correction_memories_must_be_surfaced_more_often(graph
     assert verdict["verdict"] == "rollback" and not verdict["rolled_back"]  # act=False: assess only
     risen = [t for t in verdict["tests"] if t["verdict"] == "rose"]
     assert [t["key"] for t in risen] == ["surfaced_corrections"]
-    assert "any_flag" not in [t["key"] for t in verdict["tests"]]  # no flags at all: no pattern tests
 
 
 def test_a_small_rise_in_every_pattern_is_caught_by_the_overall_rate(graph, home):
@@ -162,23 +161,25 @@ def test_a_small_rise_in_every_pattern_is_caught_by_the_overall_rate(graph, home
     for i, p in enumerate(pats):  # 2 flagged of 30 replies per pattern before
         _serve(graph, 30, checkpoint=None, start=start + 40 * i, pattern=p, every=15, prefix=f"b{i}")
     store = _promoted(graph, home)
-    for i, p in enumerate(pats):  # 10 of 30 per pattern after: each alone is no significant rise (p ~ 0.03)
+    for i, p in enumerate(pats):  # 10 of 30 per pattern after: each alone would be no significant rise (p ~ 0.03)
         _serve(graph, 30, checkpoint="ckpt_a", start=time.time() + 1 + 40 * i, pattern=p, every=3, prefix=f"a{i}")
     verdict = ob.watch(graph, store, act=False)
     risen = [t["key"] for t in verdict["tests"] if t["verdict"] == "rose"]
     assert risen == ["any_flag"] and verdict["verdict"] == "rollback"
 
 
-def test_the_rate_test_is_corrected_for_the_number_of_patterns(graph, home):
-    # 4 patterns: the level is alpha / 6 per test (4 patterns + any pattern + surfaced corrections)
-    pats = [add_pattern(graph, f"p{i}") for i in range(4)]
+def test_three_rises_are_tested_and_each_pattern_is_described(graph, home):
+    # the level is alpha / 3 whatever the number of patterns; each pattern's rates are in the breakdown
+    trained, *others = [add_pattern(graph, f"p{i}") for i in range(4)]
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000)
-    store = _promoted(graph, home)
-    for i, p in enumerate(pats):
+    store = _promoted(graph, home, pattern=trained)
+    for i, p in enumerate(others):
         _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1 + 20 * i, pattern=p, every=5, prefix=f"a{i}")
     verdict = ob.watch(graph, store, act=False)
-    assert [t["key"] for t in verdict["tests"]][-2:] == ["any_flag", "surfaced_corrections"]
-    assert [t["level"] for t in verdict["tests"]] == pytest.approx([0.05 / 6] * 6)
+    assert [t["key"] for t in verdict["tests"]] == [trained.id, "other_patterns", "surfaced_corrections"]
+    assert [t["level"] for t in verdict["tests"]] == pytest.approx([0.05 / 3] * 3)
+    assert {b["pattern"] for b in verdict["patterns"]} == {p.id for p in others}
+    assert all(b["events_after"] == 2 and b["events_before"] == 0 for b in verdict["patterns"])
 
 
 def test_observe_cli_prints_windows_tests_and_verdicts(graph, home, capsys):
