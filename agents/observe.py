@@ -414,6 +414,8 @@ def watch(graph: MemoryGraph, store, config: ObserveConfig | None = None, *, sco
     config = config or ObserveConfig()
     periods = _periods(store)
     current = store.promoted()
+    if act:
+        _finish_interrupted(graph, current, scope)
     if not periods or current is None or periods[-1]["checkpoint"] != current["checkpoint"]:
         return {"id": current["checkpoint"] if current else None, "verdict": "nothing to watch", "alert": None,
                 "rolled_back": False}
@@ -450,6 +452,19 @@ def watch(graph: MemoryGraph, store, config: ObserveConfig | None = None, *, sco
     graph.update(alert)
     out["alert"], out["rolled_back"] = alert.id, True
     return out
+
+
+def _finish_interrupted(graph: MemoryGraph, current: dict | None, scope: str | None) -> None:
+    """A watch killed between its rollback and closing its alert left the alert open (the scheduler would
+    wait on it for ever): close watch alerts whose checkpoint was rolled back and is no longer in use."""
+    for alert in open_alerts(graph, scope):
+        if alert.details.get("kind") != "watch" or (current and current["checkpoint"] == alert.checkpoint):
+            continue
+        node = _checkpoint_node(graph, alert.checkpoint)
+        if node is not None and node.status == "rolled_back":
+            alert.status = "resolved"
+            alert.details = {**alert.details, "action": "rolled back (finished after an interruption)"}
+            graph.update(alert)
 
 
 def report(graph: MemoryGraph, store, config: ObserveConfig | None = None, *,

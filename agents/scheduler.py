@@ -446,8 +446,9 @@ class Scheduler:
             final = verdict["verdict"]
         elif verdict["verdict"] == "insufficient data":  # enough turns after, too few before: nothing to compare
             final = "keep (no baseline)"
-        else:
-            final = "superseded"  # someone promoted or rolled back by hand meanwhile
+        else:  # rolled back (by this step before a restart, or by hand), or replaced by hand
+            node = self.graph.get(state["checkpoint"]) if state.get("checkpoint") else None  # type: ignore[arg-type]
+            final = "rollback" if getattr(node, "status", None) == "rolled_back" else "superseded"
         if verdict.get("rolled_back"):
             final = "rollback"
         self.say(f"watch verdict for {state.get('checkpoint')}: {final}")

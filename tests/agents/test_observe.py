@@ -240,3 +240,20 @@ def test_the_watch_counts_only_turns_a_model_served_not_imported_logs(graph, hom
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, prefix="a")
     verdict = ob.watch(graph, store, act=False)
     assert verdict["n_before"] == 40 and verdict["n_after"] == 40
+
+
+def test_a_watch_interrupted_after_its_rollback_closes_its_alert_next_time(graph, home):
+    # the state a SIGKILL between the rollback and closing the alert leaves: the scheduler would wait for ever
+    store = _promoted(graph, home)
+    alert = graph.add(Alert(checkpoint="ckpt_a", reason="flags rose", status="open", details={"kind": "watch"}))
+    ob.rollback(graph, store, reason="flags rose", alert=alert)
+    assert [a.id for a in ob.open_alerts(graph)] == [alert.id]
+    ob.watch(graph, store)
+    assert ob.open_alerts(graph) == [] and graph.get(alert.id).details["action"].startswith("rolled back")
+
+
+def test_an_open_alert_on_the_checkpoint_in_use_stays_open(graph, home):
+    store = _promoted(graph, home)
+    alert = graph.add(Alert(checkpoint="ckpt_a", reason="look at this", status="open", details={"kind": "watch"}))
+    ob.watch(graph, store)
+    assert [a.id for a in ob.open_alerts(graph)] == [alert.id]

@@ -160,11 +160,13 @@ def _daemon(home: Path, tiny_lm, probes: Path, kill_at: str | None = None) -> su
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
-def _kill_home(tmp_path: Path) -> tuple[Path, Path]:
+def _kill_home(tmp_path: Path, *, baseline: int = 0) -> tuple[Path, Path]:
     home = tmp_path / "home"
     g = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder())
     try:
         _fill(g)
+        for i in range(baseline):  # replies the base model served, none corrected
+            log_exchange(g, f"base{i}", checkpoint=None, created=time.time() - 3000 + i)
     finally:
         g.close()
     (home / "config.toml").write_text("[observe]\nmin_target_gain = -100.0\nmax_ppl_increase = 100.0\n"
@@ -251,3 +253,33 @@ def test_a_configured_first_learning_rate_is_what_the_plan_grows_from(graph, tin
     assert state["last"]["verdict"] == "rejected"
     assert graph.get(state["last"]["run"]).config["learning_rate"] == pytest.approx(4e-4)
     assert plan_for(graph.get(p.id))["lr"] == pytest.approx(8e-4)
+
+
+def test_sigkill_after_the_watch_rolled_back_finishes_the_rollback_on_restart(tmp_path, tiny_lm):
+    home, probes = _kill_home(tmp_path, baseline=40)
+    first = json.loads(_daemon(home, tiny_lm, probes).stdout)
+    assert first["phase"] == "watch"
+    ckpt = first["checkpoint"]
+    g = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder())
+    try:  # after the promotion the corrected failure comes back in every reply
+        (pattern,) = g.nodes(kind="pattern")
+        for i in range(40):
+            log_exchange(g, f"after{i}", checkpoint=ckpt, created=time.time() + i, pattern=pattern)
+    finally:
+        g.close()
+    killed = _daemon(home, tiny_lm, probes, kill_at="watch")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _daemon(home, tiny_lm, probes)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    state = json.loads(resumed.stdout)
+    assert state["phase"] == "wait" and state["last"]["verdict"] == "rollback"
+    store = Checkpoints(home / "checkpoints")
+    assert store.promoted() is None  # back to the parent, the base model
+    assert [e["event"] for e in store.history()] == ["promote", "rollback"]  # rolled back once
+    g = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder())
+    try:
+        alerts = g.nodes(kind="alert")
+        assert [(a.details["kind"], a.status) for a in alerts] == [("watch", "resolved")]
+        assert g.get(ckpt).status == "rolled_back"
+    finally:
+        g.close()
