@@ -185,7 +185,10 @@ from trainer.run import TrainConfig, train
 rows = {json.dumps(ROWS)!r}
 r = train(TrainConfig(model={str(tiny_lm)!r}, batch_size=2, max_steps=2, evaluate=False), json.loads(rows),
           home={str(tmp_path / 'home')!r}, progress=False)
-print("RESULT", r.checkpoint, r.config["processes"])
+import os
+# one file per process: two processes printing to one pipe can interleave their lines
+with open(f"result-{{os.environ.get('RANK', '0')}}.json", "w") as fh:
+    json.dump([r.checkpoint, r.config["processes"]], fh)
 """)
     # `accelerate launch --cpu --num_processes 2` starts one process unless MPI is set up (its CPU path is
     # mpirun); torchrun's launcher with ACCELERATE_USE_CPU (what --cpu sets) gives two gloo processes.
@@ -195,7 +198,7 @@ print("RESULT", r.checkpoint, r.config["processes"])
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    results = [line.split() for line in out.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(results) == 2 and results[0][1] == results[1][1] and results[0][2] == "2"
+    results = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("result-*.json"))]
+    assert len(results) == 2 and results[0][0] == results[1][0] and results[0][1] == 2
     store = Checkpoints(tmp_path / "home" / "checkpoints")
-    assert [m["id"] for m in store.list()] == [results[0][1]]
+    assert [m["id"] for m in store.list()] == [results[0][0]]
