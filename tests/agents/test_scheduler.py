@@ -283,3 +283,36 @@ def test_sigkill_after_the_watch_rolled_back_finishes_the_rollback_on_restart(tm
         assert g.get(ckpt).status == "rolled_back"
     finally:
         g.close()
+
+
+def test_serve_daemon_runs_the_scheduler_beside_the_proxy(tmp_path):
+    from agents.loop import open_checkpointer
+
+    from .conftest import free_port
+
+    home = tmp_path / "home"
+    env = {**os.environ, "MINDLOOP_HOME": str(home), "MINDLOOP_GRAPH_EMBEDDER": "hashing",
+           "MINDLOOP_SIGNAL_READER": "off"}
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "serve", "--daemon", "--upstream",
+                             "http://127.0.0.1:9/v1", "--model", "x", "--port", str(free_port())],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        state = {}
+        while "note" not in state:  # the scheduler's first tick is in loop.db
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.time() < deadline, "the scheduler never ticked"
+            time.sleep(0.5)
+            if (home / "loop.db").exists():  # read the workflow's state where it keeps it (the graph is in use)
+                saver = open_checkpointer(home)
+                try:
+                    got = saver.get_tuple({"configurable": {"thread_id": "scheduler/default", "checkpoint_ns": ""}})
+                finally:
+                    saver.conn.close()
+                state = got.checkpoint["channel_values"] if got else {}
+        assert "nothing ripe" in state["note"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert "scheduler running" in proc.stderr.read()
+    proc.stderr.close()
