@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -277,29 +275,8 @@ OBSERVER_REPORT = {
 }
 
 
-class LiveServer:
-    """A real uvicorn server on 127.0.0.1 in a thread (for the browser)."""
+def LiveServer(app):
+    """A real uvicorn server on 127.0.0.1 in a thread (for the browser): the proxy tests' server, on a free port."""
+    from ..agents.conftest import LiveServer as _Server, free_port
 
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    lifespan="off", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+    return _Server(app, free_port())
