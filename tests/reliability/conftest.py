@@ -9,6 +9,7 @@ user would and checks the invariants every graph must keep after any crash.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import selectors
 import signal
@@ -35,6 +36,7 @@ def text_hash(text: str) -> str:
 # Children define the same helper; keep the two in step.
 TEXT_HASH_SRC = '''
 import hashlib
+import json
 def text_hash(text):
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 '''
@@ -220,3 +222,31 @@ def recovered():
 @pytest.fixture
 def hash_text():
     return text_hash
+
+
+class Figures:
+    """What a reliability test measured (trials, faults survived, inputs tried, losses), for docs/reliability.md.
+
+    ``record(name, value, note)`` appends one JSON line to the file named by
+    ``MINDLOOP_RELIABILITY_FIGURES`` when that is set (``tests/reliability/report.py``
+    sets it, runs the suite, and writes the page); otherwise it only keeps the
+    figures in memory, so a plain ``make test`` writes nothing into ``docs/``.
+    """
+
+    def __init__(self, test: str) -> None:
+        self.test = test
+        self.rows: list[dict] = []
+        self._path = os.environ.get("MINDLOOP_RELIABILITY_FIGURES")
+
+    def record(self, name: str, value, note: str = "") -> None:
+        row = {"test": self.test, "name": name, "value": value, "note": note}
+        self.rows.append(row)
+        if self._path:
+            with open(self._path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+@pytest.fixture
+def figures(request) -> Figures:
+    """A :class:`Figures` for this test (named ``module::test``)."""
+    return Figures(f"{Path(request.node.path).stem}::{request.node.name}")

@@ -48,7 +48,7 @@ print("done", flush=True)
 '''
 
 
-def test_processes_logging_at_once_keep_every_session_a_chain(tmp_path, spawn, recovered, hash_text):
+def test_processes_logging_at_once_keep_every_session_a_chain(tmp_path, spawn, recovered, hash_text, figures):
     home = tmp_path / "home"
     env = os.environ.get("MINDLOOP_RELIABILITY_SEED")
     base = int(env) if env else random.SystemRandom().randrange(2**31)
@@ -101,6 +101,8 @@ def test_processes_logging_at_once_keep_every_session_a_chain(tmp_path, spawn, r
     writers = {name for _, name in shared}
     assert len(writers) == PROCESSES and switches >= PROCESSES, (
         f"the shared session was not interleaved ({switches} switches, writers {sorted(writers)}); {why}")
+    figures.record("processes x turns", f"{PROCESSES} x {TURNS}", f"shared session switched writer {switches} times")
+    figures.record("lost or duplicated turns", 0)
 
 
 def _read_until_done(child) -> list[str]:

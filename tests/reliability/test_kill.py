@@ -128,7 +128,7 @@ class Log:
             self.acks_this_trial += 1
 
 
-def test_sigkill_while_logging_loses_no_acknowledged_turn(tmp_path, spawn, recovered, hash_text):
+def test_sigkill_while_logging_loses_no_acknowledged_turn(tmp_path, spawn, recovered, hash_text, figures):
     home = tmp_path / "home"
     base = _base_seed()
     log = Log()
@@ -187,9 +187,13 @@ def test_sigkill_while_logging_loses_no_acknowledged_turn(tmp_path, spawn, recov
 
     assert len(log.acked) >= TRIALS, f"too few turns were acknowledged to mean anything: {len(log.acked)}"
     assert modes["logging"] >= TRIALS // 2, modes
+    figures.record("SIGKILL trials", TRIALS, f"{modes['open']} while opening, {modes['logging']} while logging")
+    figures.record("acknowledged turns", len(log.acked), "every one stored once, unchanged")
+    figures.record("committed, unacknowledged turns", len(extras), "the in-flight call, whole")
+    figures.record("lost or duplicated turns", 0)
 
 
-def test_sigkill_during_forget_leaves_the_session_whole_or_gone(tmp_path, spawn, recovered):
+def test_sigkill_during_forget_leaves_the_session_whole_or_gone(tmp_path, spawn, recovered, figures):
     """A killed ``forget(session=A)`` leaves A whole or gone (turns, edges, text, vectors), never half; B intact."""
     home = tmp_path / "home"
     base = _base_seed()
@@ -248,6 +252,8 @@ def test_sigkill_during_forget_leaves_the_session_whole_or_gone(tmp_path, spawn,
 
     # Not a property of the graph but of the test: both outcomes must have been exercised.
     assert outcomes["gone"] and outcomes["whole"], f"kills all landed on one side of the commit: {outcomes}"
+    figures.record("SIGKILL trials", FORGET_TRIALS, f"session whole {outcomes['whole']}, gone {outcomes['gone']}")
+    figures.record("half-forgotten sessions", 0)
 
 
 def _session_node(session: str) -> str:
@@ -276,7 +282,7 @@ g.close()
 
 
 @pytest.mark.parametrize("torn", ["index_metadata.pickle", "header.bin"])
-def test_open_rebuilds_a_vector_index_torn_by_a_crash(tmp_path, spawn, torn):
+def test_open_rebuilds_a_vector_index_torn_by_a_crash(tmp_path, spawn, torn, figures):
     """A SIGKILL while Chroma persists its HNSW segment leaves its files cut short.
 
     The kill tests above meet this now and then (``MemoryGraph.open`` raised
@@ -299,3 +305,4 @@ def test_open_rebuilds_a_vector_index_torn_by_a_crash(tmp_path, spawn, torn):
     rc = child.proc.wait(timeout=60)
     assert rc == 0 and lines == ["opened", "vectors 1200 1200"], (
         f"reopening after a torn {torn}: exit {rc}, printed {lines}\n{child.stderr()}")
+    figures.record(f"vectors back after a torn {torn}", "1200 of 1200")
