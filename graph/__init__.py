@@ -17,6 +17,7 @@ graph signals. This package imports nothing else of mindloop and never torch
 from graph.config import ConfigError, GraphConfig, default_home, load_config
 from graph.embed import Embedder, HashingEmbedder, MiniLMEmbedder, make_embedder
 from graph.errors import (
+    DiskFull,
     GraphError,
     IndexUnavailable,
     InvalidRecord,
@@ -56,6 +57,7 @@ __all__ = [
     "Checkpoint",
     "ChromaIndex",
     "ConfigError",
+    "DiskFull",
     "Edge",
     "EdgeKind",
     "Embedder",

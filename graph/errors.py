@@ -11,6 +11,7 @@ that matches its meaning, so callers may catch either::
     ├── ScopeMismatch(GraphError, ValueError)    an edge across two scopes
     ├── InvalidRecord(GraphError, ValueError)    a record or file line that cannot be read
     ├── StoreCorrupt(GraphError, RuntimeError)   graph.db is damaged or not ours
+    ├── DiskFull(GraphError, OSError)            graph.db could not be written: no space, file too large
     └── IndexUnavailable(GraphError, RuntimeError)  the vector index cannot be used
 
 A failed call raises before, or rolls back, its transaction: nothing partial
@@ -20,6 +21,7 @@ is written.
 from __future__ import annotations
 
 __all__ = [
+    "DiskFull",
     "GraphError",
     "IndexUnavailable",
     "InvalidRecord",
@@ -65,6 +67,11 @@ class InvalidRecord(GraphError, ValueError):
 
 class StoreCorrupt(GraphError, RuntimeError):
     """``graph.db`` cannot be opened as a mindloop store."""
+
+
+class DiskFull(GraphError, OSError):
+    """``graph.db`` could not be written: the disk is full, the file-size limit was reached, or the
+    device failed. The call's transaction was rolled back; what was acknowledged before is intact."""
 
 
 class IndexUnavailable(GraphError, RuntimeError):

@@ -24,7 +24,12 @@ Embedded Chroma writes its HNSW files in place, so a process killed while
 it persists them leaves files that fail to load or crash the loader
 outright. The lock file therefore also records whether the last owner closed
 the index cleanly; when it did not, the next owner deletes ``chroma/`` before
-opening it, and reconciliation re-embeds every node from ``graph.db``.
+opening it, and reconciliation re-embeds every node from ``graph.db``. Files
+damaged after a clean close (a full disk, a bad copy) are caught the same
+way: before Chroma loads them, :func:`damaged_segments` checks each HNSW
+segment's sizes and neighbour ids against its header (hnswlib reads them
+unchecked and segfaults), and after opening every collection is read once;
+either failure deletes ``chroma/`` and the vectors are rebuilt.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import hashlib
 import logging
 import os
 import shutil
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +50,7 @@ import numpy as np
 
 from graph.errors import IndexUnavailable
 
-__all__ = ["ChromaIndex", "VectorIndex", "collection_name"]
+__all__ = ["ChromaIndex", "VectorIndex", "collection_name", "damaged_segments"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,73 @@ EMBEDDED_KINDS = ("turn", "memory", "flag", "pattern")
 def collection_name(scope: str, kind: str) -> str:
     """A Chroma-legal collection name for a scope's vectors of one kind ([a-zA-Z0-9._-], 3-512 chars)."""
     return f"mindloop-{hashlib.sha256(scope.encode('utf-8')).hexdigest()[:24]}-{kind}"
+
+
+# hnswlib's header.bin as Chroma writes it: a format version, then hnswlib's own header fields.
+_HNSW_HEADER = struct.Struct("<i6QiI3QdQ")
+
+
+def damaged_segments(root: str | os.PathLike) -> list[str]:
+    """What is wrong with the HNSW segment files under an embedded Chroma folder (empty: nothing seen).
+
+    Checks each segment folder's ``header.bin`` against the sizes of
+    ``data_level0.bin``, ``length.bin`` and ``link_lists.bin``, the level-0
+    neighbour ids against the element count, and that
+    ``index_metadata.pickle`` is whole (a pickle ends with ``.``). A torn
+    file fails one of these; hnswlib itself would read past its end.
+    """
+    problems: list[str] = []
+    for header in sorted(Path(root).glob("*/header.bin")):
+        seg = header.parent
+        try:
+            problem = _segment_problem(seg)
+        except OSError as e:
+            problem = f"cannot be read ({e})"
+        if problem:
+            problems.append(f"{seg.name}: {problem}")
+    return problems
+
+
+def _segment_problem(seg: Path) -> str | None:
+    raw = (seg / "header.bin").read_bytes()
+    if len(raw) != _HNSW_HEADER.size:
+        return f"header.bin is {len(raw)} bytes, not {_HNSW_HEADER.size}"
+    (_, off0, max_elements, count, per_element, _, off_data, max_level, entry, max_m, max_m0, _, _,
+     _) = _HNSW_HEADER.unpack(raw)
+    if count > max_elements or per_element < off_data or off_data != off0 + 4 * (max_m0 + 1) or max_level < 0:
+        return "header.bin holds impossible values"
+    if count and entry >= count:
+        return f"header.bin names entry point {entry} of {count} elements"
+    sizes = {name: (seg / name).stat().st_size if (seg / name).exists() else -1
+             for name in ("data_level0.bin", "length.bin", "link_lists.bin")}
+    if sizes["data_level0.bin"] != count * per_element:
+        return f"data_level0.bin is {sizes['data_level0.bin']} bytes, header.bin says {count * per_element}"
+    if sizes["length.bin"] != count * 4:
+        return f"length.bin is {sizes['length.bin']} bytes, header.bin says {count * 4}"
+    links = (seg / "link_lists.bin").read_bytes() if sizes["link_lists.bin"] >= 0 else b""
+    pos, block = 0, 4 * (max_m + 1)
+    for _ in range(count):  # each element: its upper levels' size in bytes, then the levels
+        if pos + 4 > len(links):
+            return "link_lists.bin is cut short"
+        (size,) = struct.unpack_from("<I", links, pos)
+        if size % block:
+            return "link_lists.bin holds a list of impossible size"
+        pos += 4 + size
+    if pos != len(links):
+        return f"link_lists.bin is {len(links)} bytes, its lists take {pos}"
+    if count:
+        rows = np.fromfile(seg / "data_level0.bin", dtype=np.uint8).reshape(count, per_element)
+        level0 = np.ascontiguousarray(rows[:, off0 : off0 + 4 * (max_m0 + 1)]).view("<u4")
+        n = level0[:, 0] & 0xFFFF
+        ids = level0[:, 1:]
+        if (n > max_m0).any() or (ids[np.arange(max_m0)[None, :] < n[:, None]] >= count).any():
+            return "data_level0.bin holds neighbour ids out of range"
+    meta = seg / "index_metadata.pickle"
+    if meta.exists():
+        with open(meta, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0 or (fh.seek(-1, os.SEEK_END) and fh.read(1) != b"."):
+                return "index_metadata.pickle is cut short"
+    return None
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -151,19 +224,41 @@ class ChromaIndex(VectorIndex):
                 ) from None
             fh.seek(0)
             last = fh.read().strip()
-            self.rebuilt = last != "closed" and any(root.iterdir())
+            damaged = damaged_segments(root) if last == "closed" else []
+            self.rebuilt = (last != "closed" or bool(damaged)) and any(root.iterdir())
             if self.rebuilt:
-                log.warning("embedded Chroma at %s was not closed cleanly (%s); deleting it, vectors will be "
-                            "rebuilt from graph.db", root, last or "no record")
+                why = (f"its HNSW files are damaged ({'; '.join(damaged)})" if last == "closed"
+                       else f"it was not closed cleanly ({last or 'no record'})")
+                log.warning("embedded Chroma at %s: %s; deleting it, vectors will be rebuilt from graph.db", root, why)
                 shutil.rmtree(root)
                 root.mkdir()
             self._lock_fh = fh
             self._record(f"in use by pid {os.getpid()}")
             try:
                 self._client = chromadb.PersistentClient(path=str(root), settings=settings)
+                self._read_every_collection()
             except Exception as e:
-                self.close()
-                raise IndexUnavailable(f"embedded Chroma at {root} cannot be opened: {e}") from None
+                if self.rebuilt or not any(root.iterdir()):
+                    self.close()
+                    raise IndexUnavailable(f"embedded Chroma at {root} cannot be opened: {e}") from None
+                # damaged in a way the file checks do not see; the index is derived data, so start it over
+                log.warning("embedded Chroma at %s cannot be read (%s); deleting it, vectors will be rebuilt "
+                            "from graph.db", root, e)
+                self._drop_client()
+                shutil.rmtree(root)
+                root.mkdir()
+                self.rebuilt = True
+                try:
+                    self._client = chromadb.PersistentClient(path=str(root), settings=settings)
+                except Exception as e2:
+                    self.close()
+                    raise IndexUnavailable(f"embedded Chroma at {root} cannot be opened: {e2}") from None
+
+    def _read_every_collection(self) -> None:
+        """Read one row of each of our collections, so that a segment that fails to load fails here."""
+        for coll in self._client.list_collections():
+            if coll.name.startswith("mindloop-"):
+                self._client.get_collection(coll.name, embedding_function=None).get(limit=1, include=[])
 
     def _record(self, state: str) -> None:
         fh = self._lock_fh
@@ -269,6 +364,25 @@ class ChromaIndex(VectorIndex):
         if scope is not None:
             return sum(c.count() for c in self._present(scope))
         return sum(self.count(s) for s in self.scopes())
+
+    def _drop_client(self) -> None:
+        self._collections.clear()
+        self._missing.clear()
+        client = getattr(self, "_client", None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a client that failed to load is best effort
+                pass
+            self._client = None
+        try:  # a client that failed to load leaves its System cached half-built; the next one must not reuse it
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            system = SharedSystemClient._identifier_to_system.pop(self.where, None)
+            if system is not None:
+                system.stop()
+        except Exception:  # noqa: BLE001 - a System that never started may not stop cleanly
+            pass
 
     def close(self) -> None:
         self._collections.clear()

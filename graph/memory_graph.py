@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,14 @@ from typing import IO, Any, Iterable, Sequence
 
 from graph.config import GraphConfig
 from graph.embed import Embedder, make_embedder
-from graph.errors import GraphError, IndexUnavailable, InvalidRecord, NodeNotFound, UnknownKind
+from graph.errors import (
+    GraphError,
+    IndexUnavailable,
+    InvalidRecord,
+    NodeNotFound,
+    StoreCorrupt,
+    UnknownKind,
+)
 from graph.index import ChromaIndex, VectorIndex
 from graph.records import (
     NODE_CLASSES,
@@ -42,7 +50,7 @@ from graph.records import (
     record_from_json,
 )
 from graph.search import Hit, hybrid_search
-from graph.store import Store
+from graph.store import Store, damaged_message
 from graph.view import GraphView
 from graph.worker import EmbedWorker
 
@@ -51,6 +59,28 @@ __all__ = ["MemoryGraph", "session_id", "turn_id"]
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "mindloop-graph/1"
+
+
+def _check_not_lost(config: GraphConfig) -> None:
+    """Refuse to start a new, empty graph.db beside the vectors of an earlier one.
+
+    SQLite takes a missing or empty file for a new database; if ``chroma/``
+    already holds vectors, graph.db was deleted or truncated, and opening
+    would silently start over (and reconciliation would then drop the vectors).
+    """
+    db, chroma = config.db_path, config.chroma_path
+    if config.chroma_url or (db.exists() and db.stat().st_size > 0):
+        return
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return  # the pages are in the WAL, not yet checkpointed into the file
+    if not (chroma / "chroma.sqlite3").exists() or not any(p.is_dir() for p in chroma.iterdir()):
+        return  # no vectors were ever persisted: nothing points at an earlier graph
+    state = "empty (0 bytes)" if db.exists() else "missing"
+    raise StoreCorrupt(
+        f"{db} is {state}, but {chroma} holds the vectors of an earlier graph: graph.db was deleted or truncated. "
+        f"Restore graph.db from a backup, or run `mindloop doctor --repair` to start a new graph here "
+        f"(it moves {chroma.name}/ aside, deleting nothing)")
 
 
 def session_id(scope: str, session: str) -> str:
@@ -100,6 +130,7 @@ class MemoryGraph:
         """Open (creating if needed) the graph in ``config.home``."""
         config = config or GraphConfig()
         config.home.mkdir(parents=True, exist_ok=True)
+        _check_not_lost(config)
         store = Store(config.db_path, durability=config.durability)
 
         def open_index() -> VectorIndex:
@@ -114,7 +145,18 @@ class MemoryGraph:
             except IndexUnavailable as e:
                 note = str(e)
                 log.warning("vector index unavailable, searching lexically and by graph only: %s", e)
-        graph = cls(store, index, embedder or make_embedder(config.embedder), config, open_index=open_index)
+        try:
+            graph = cls(store, index, embedder or make_embedder(config.embedder), config, open_index=open_index)
+        except sqlite3.DatabaseError as e:  # a damaged page that quick_check did not reach (an index, say)
+            if index is not None:
+                index.close()
+            store.close()
+            raise StoreCorrupt(damaged_message(store.path, str(e))) from None
+        except BaseException:
+            if index is not None:
+                index.close()
+            store.close()
+            raise
         graph._index_note = note
         return graph
 

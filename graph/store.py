@@ -17,7 +17,14 @@ Tables:
 
 Every public write runs in one ``BEGIN IMMEDIATE`` transaction and returns
 after ``COMMIT``: a failed call leaves nothing behind. Each thread gets its own
-connection.
+connection. A write that fails because the disk is full, the file-size limit
+is reached or the device fails raises :class:`graph.errors.DiskFull` (after
+rolling back); once space returns, the next write works.
+
+Opening runs SQLite's ``quick_check`` (about 0.1 s per 100 MB from the page
+cache) so that a damaged file is reported at once, naming the file and the
+damage, instead of failing on whichever read first meets a bad page;
+``mindloop doctor --repair`` recovers what can be read.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import logging
 import re
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -33,10 +41,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from graph.errors import NodeNotFound, ScopeMismatch, StoreCorrupt
+from graph.errors import DiskFull, GraphError, NodeNotFound, ScopeMismatch, StoreCorrupt
 from graph.records import Edge, Node, record_from_json
 
-__all__ = ["Store"]
+__all__ = ["Store", "damaged_message", "write_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +141,56 @@ def fts_query(text: str, max_terms: int = 16) -> str | None:
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in seen)
 
 
+_REPAIR_HINT = "run `mindloop doctor --repair` to back the file up and recover what can be read"
+
+
+def damaged_message(path: Path, problem: str) -> str:
+    """The message of :class:`StoreCorrupt` for a damaged SQLite file: the file, the damage, what to do."""
+    return f"{path} is damaged: {problem}; {_REPAIR_HINT}"
+
+
+def write_failure(path: Path, error: sqlite3.Error) -> GraphError | None:
+    """The mindloop error for a failed SQLite write, or None when it is not about the disk or the file.
+
+    SQLite reports ENOSPC as SQLITE_FULL and EFBIG (the file-size limit) as
+    SQLITE_IOERR; the message says which of the two the process is up against.
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreCorrupt(damaged_message(path, str(error)))
+    if primary not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        return None
+    facts = []
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY:
+            facts.append(f"the file-size limit (ulimit -f) is {soft} bytes")
+    except (ImportError, OSError, ValueError):  # pragma: no cover - no resource module on this platform
+        pass
+    try:
+        free = shutil.disk_usage(path.parent).free
+        facts.append(f"{free / 2**20:.1f} MiB free on its disk")
+    except OSError:  # pragma: no cover - the folder vanished
+        pass
+    what = "disk full or file too large" if primary == sqlite3.SQLITE_FULL else \
+        "disk full, file too large, or a failing device (an I/O error)"
+    return DiskFull(f"cannot write {path}: {what} (SQLite: {error}; {', '.join(facts) or 'no more facts'}); "
+                    "the call was rolled back and nothing of it was written")
+
+
 class Store:
     """SQLite store of nodes, edges and their history (one file, WAL mode)."""
 
-    def __init__(self, path: str | Path, *, durability: str = "full", busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, durability: str = "full", busy_timeout_s: float = 30.0,
+                 check: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.durability = durability
         self.busy_timeout_s = busy_timeout_s
+        self.check = check
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -156,7 +206,7 @@ class Store:
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("PRAGMA secure_delete=ON")  # forgotten text is overwritten, not left in free pages
         except sqlite3.DatabaseError as e:
-            raise StoreCorrupt(f"{self.path} cannot be opened as a SQLite database: {e}") from None
+            raise StoreCorrupt(damaged_message(self.path, f"it cannot be opened as a SQLite database ({e})")) from None
         with self._conns_lock:
             self._conns.append(conn)
         return conn
@@ -167,6 +217,18 @@ class Store:
         if conn is None:
             conn = self._local.conn = self._connect()
         return conn
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        """Close this thread's connection after a failed write; the next call opens a fresh one."""
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        try:
+            conn.close()
+        except sqlite3.Error:  # pragma: no cover - closing is best effort
+            pass
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
 
     def close(self) -> None:
         with self._conns_lock:
@@ -188,28 +250,52 @@ class Store:
                 raise StoreCorrupt(f"{self.path} is a SQLite file but not a mindloop graph (application_id {app_id:#x})")
             if version > SCHEMA_VERSION:
                 raise StoreCorrupt(f"{self.path} has schema version {version}; this mindloop reads up to {SCHEMA_VERSION}")
+            if has_tables and self.check:
+                problems = [" ".join(r[0].split()) for r in conn.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise StoreCorrupt(damaged_message(self.path, "SQLite's quick_check reports " + "; ".join(problems)))
             with self.write() as c:
                 for stmt in _split_sql(_SCHEMA):
                     c.execute(stmt)
                 c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
-            raise StoreCorrupt(f"{self.path} is damaged or not a mindloop graph: {e}") from None
+            failure = write_failure(self.path, e)
+            if isinstance(failure, DiskFull):
+                raise failure from None
+            raise StoreCorrupt(damaged_message(self.path, f"it is not a readable mindloop graph ({e})")) from None
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
+        """One write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error.
+
+        A full disk (or file-size limit) raises :class:`DiskFull`, a damaged
+        file :class:`StoreCorrupt`, whether it is met by a statement or by the
+        commit; the transaction is rolled back either way.
+        """
         conn = self.conn
         if conn.in_transaction:  # nested use joins the outer transaction
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # the connection is unusable: drop it, SQLite rolls back on reopen
+                        self._discard(conn)
+                raise
+        except sqlite3.DatabaseError as e:
+            failure = write_failure(self.path, e)
+            if failure is None:
+                raise
+            log.error("%s", failure)
+            self._discard(conn)  # after an I/O error SQLite may keep the connection in an error state
+            raise failure from None
 
     # -- nodes -------------------------------------------------------------------
 
