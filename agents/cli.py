@@ -899,7 +899,7 @@ def _cmd_train(args) -> int:
     from trainer.data import read_dataset, rows_from_examples
     from trainer.evaluate import format_comparison
     from trainer.evaluate import builtin_probes, probes_from_examples
-    from trainer.run import TrainConfig, record_run, train
+    from trainer.run import TrainConfig, record_run, recover_runs, train
 
     from graph import load_config
 
@@ -909,6 +909,8 @@ def _cmd_train(args) -> int:
         "batch_size": args.batch_size, "max_steps": args.max_steps, "max_length": args.max_length,
         "evaluate": args.evaluate})
     with _open_graph(args) as g:
+        for r in recover_runs(g, g.config.home, scope=args.scope):  # runs an earlier kill left unfinished
+            print(f"note: run {r['run']}: {r['status']} (its process had been killed)", file=sys.stderr)
         probes = builtin_probes()
         example_ids: list[str] = []
         if args.pattern:

@@ -195,9 +195,27 @@ def set_checkpoint_status(graph: MemoryGraph, checkpoint_id: str, status: str) -
         graph.update(node)
 
 
+def sync_statuses(graph: MemoryGraph, store) -> dict[str, Any] | None:
+    """Make the graph agree with ``checkpoints/`` after a kill between the two; returns the pointer in use.
+
+    The checkpoints' history is the record of promotions and rollbacks (the
+    pointer is rolled forward to it first): a checkpoint whose last event was
+    a promotion is ``promoted``, one whose last event was its rollback is
+    ``rolled_back``. Statuses the history says nothing about (``rejected``,
+    new candidates) are left alone.
+    """
+    current = store.recover()
+    last: dict[str, str] = {}
+    for ev in store.history():
+        last[ev["checkpoint"]] = "promoted" if ev["event"] == "promote" else "rolled_back"
+    for checkpoint_id, status in last.items():
+        set_checkpoint_status(graph, checkpoint_id, status)
+    return current
+
+
 def promote(graph: MemoryGraph, store, checkpoint_id: str, *, reason: str = "") -> dict[str, Any]:
     """Serve ``checkpoint_id`` (idempotent: promoting what is already promoted changes nothing)."""
-    current = store.promoted()
+    current = sync_statuses(graph, store)
     if current and current["checkpoint"] == checkpoint_id:
         pointer = current
     else:
@@ -208,7 +226,7 @@ def promote(graph: MemoryGraph, store, checkpoint_id: str, *, reason: str = "") 
 
 def rollback(graph: MemoryGraph, store, *, reason: str, alert: Alert | None = None) -> dict[str, Any] | None:
     """Roll the promoted checkpoint back to its parent, and link the alert that caused it."""
-    before = store.promoted()
+    before = sync_statuses(graph, store)
     pointer = store.rollback(reason=reason)
     if before:
         set_checkpoint_status(graph, before["checkpoint"], "rolled_back")
@@ -308,8 +326,9 @@ def _periods(store) -> list[dict[str, Any]]:
         if ev["event"] == "promote":
             periods.append({"checkpoint": ev["checkpoint"], "previous": ev.get("previous"), "start": ev["at"],
                             "reason": ev.get("reason", "")})
-        elif ev["event"] == "rollback" and ev.get("to") is None:
-            periods.append({"checkpoint": None, "previous": ev["checkpoint"], "start": ev["at"], "reason": "rollback"})
+        elif ev["event"] == "rollback":
+            periods.append({"checkpoint": ev.get("to"), "previous": ev["checkpoint"], "start": ev["at"],
+                            "reason": f"rollback of {ev['checkpoint']}"})
     for a, b in zip(periods, periods[1:]):
         a["end"] = b["start"]
     if periods:
@@ -412,8 +431,8 @@ def watch(graph: MemoryGraph, store, config: ObserveConfig | None = None, *, sco
     """Assess the checkpoint in use against its predecessor; on a significant rise raise an Alert, roll back
     and shrink the pattern's next run (when ``act``). Returns the assessment with ``alert`` and ``rolled_back``."""
     config = config or ObserveConfig()
+    current = sync_statuses(graph, store) if act else store.promoted()
     periods = _periods(store)
-    current = store.promoted()
     if act:
         _finish_interrupted(graph, current, scope)
     if not periods or current is None or periods[-1]["checkpoint"] != current["checkpoint"]:
@@ -462,6 +481,8 @@ def _finish_interrupted(graph: MemoryGraph, current: dict | None, scope: str | N
             continue
         node = _checkpoint_node(graph, alert.checkpoint)
         if node is not None and node.status == "rolled_back":
+            if not any(e.dst == node.id for e in graph.edges(alert.id, kinds=["rolled_back"], direction="out")):
+                graph.link(alert.id, node.id, "rolled_back", {"reason": alert.reason})
             alert.status = "resolved"
             alert.details = {**alert.details, "action": "rolled back (finished after an interruption)"}
             graph.update(alert)

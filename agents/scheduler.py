@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, TypedDict
 
 from agents.observe import (ObserveConfig, gate_checkpoint, grow_plan, open_alerts, plan_for, promote, shrink_plan,
-                            watch)
+                            sync_statuses, watch)
 from graph import MemoryGraph, NodeNotFound, Pattern, Run
 
 __all__ = ["SchedulerConfig", "Scheduler", "readiness", "confirmed_flags"]
@@ -210,6 +210,7 @@ class Scheduler:
 
     def tick(self) -> dict[str, Any]:
         """Run the workflow from where it was left (the interrupted step, after a kill) until it stops."""
+        sync_statuses(self.graph, self.store)  # a promotion or rollback killed half-way is finished first
         snap = self.app.get_state(self.thread)
         if snap.next:
             self.say(f"resuming at '{snap.next[0]}' (the last tick stopped there)")
@@ -369,23 +370,14 @@ class Scheduler:
 
     def _record_finished(self, run_dir: Path, manifest: dict, checkpoint_id: str) -> None:
         """A run whose process was killed after its checkpoint was in place: write its graph records."""
-        import json
-
-        from trainer.run import TrainResult, record_run
+        from trainer.run import record_run, result_from_disk
 
         try:
             self.graph.get(manifest["run"])
             return  # already recorded
         except NodeNotFound:
             pass
-        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        metrics = manifest.get("metrics") or {}
-        steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines() if line.strip()] \
-            if (run_dir / "steps.jsonl").exists() else []
-        result = TrainResult(run_id=manifest["run"], run_dir=run_dir, checkpoint=checkpoint_id,
-                             checkpoint_dir=self.store.root / checkpoint_id, parent=manifest.get("parent"),
-                             before=metrics.get("before"), after=metrics.get("after"), steps=steps,
-                             data_hash=manifest.get("data_hash", ""), config=cfg)
+        result = result_from_disk(self.home, checkpoint_id)
         pattern = manifest.get("pattern")
         ids = [e.id for e in self.graph.nodes(kind="example", scope=self.scope)
                if e.pattern == pattern and e.split == "train"] if pattern else []

@@ -13,6 +13,14 @@ renames it to ``<id>/``: a killed run leaves at most a ``.tmp-`` folder, which
 is never listed, never promoted and removed by :meth:`Checkpoints.clean`.
 ``promoted.json`` is replaced the same way (write, fsync, rename), so the
 chat model (``agents.backends.LocalBackend``) always reads a whole pointer.
+
+``history.jsonl`` is the write-ahead log of promotions and rollbacks: an
+event is appended and fsynced (the commit point) before ``promoted.json``
+changes, so a process killed in between leaves a history one step ahead of
+the pointer, and :meth:`Checkpoints.recover` (run before every promotion and
+rollback, and by ``mindloop doctor``) rolls the pointer forward. A line torn
+by a kill is not an event: it is ignored when reading and cut off before the
+next append.
 """
 
 from __future__ import annotations
@@ -148,44 +156,91 @@ class Checkpoints:
             raise CheckpointError(f"{self.root / PROMOTED} is not valid JSON: {e}") from None
 
     def history(self) -> list[dict[str, Any]]:
+        """Every committed promotion and rollback, oldest first (a torn last line is not one)."""
         path = self.root / "history.jsonl"
-        if not path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        events = []
+        for n, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                raise CheckpointError(f"{path}: line {n} is not valid JSON; `mindloop doctor` reports it") from None
+        return events
 
     # -- promoting ---------------------------------------------------------------
 
-    def _record(self, event: dict[str, Any]) -> None:
-        with open(self.root / "history.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({**event, "at": time.time()}) + "\n")
+    def _record(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Append ``event`` to the history and fsync it: once this returns, the event has happened."""
+        path = self.root / "history.jsonl"
+        events = self.history()
+        event = {**event, "seq": len(events) + 1, "at": time.time()}
+        with open(path, "a+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                fh.seek(max(0, size - 65536))
+                tail = fh.read()
+                if not tail.endswith(b"\n"):  # a line torn by a kill: cut it off
+                    fh.truncate(size - (len(tail) - tail.rfind(b"\n") - 1))
+            fh.seek(0, os.SEEK_END)
+            fh.write((json.dumps(event) + "\n").encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
+        return event
+
+    def _apply(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Make ``promoted.json`` what ``event`` left in use; returns the pointer (None: the base model)."""
+        target = event["checkpoint"] if event["event"] == "promote" else event.get("to")
+        if target is None:
+            try:
+                (self.root / PROMOTED).unlink()
+                _fsync_dir(self.root)
+            except FileNotFoundError:
+                pass
+            return None
+        pointer = {"checkpoint": target, "path": target, "kind": event.get("kind", "lora"), "seq": event["seq"]}
+        _write_json_atomic(self.root / PROMOTED, pointer)
+        return pointer
+
+    def recover(self) -> dict[str, Any] | None:
+        """Roll ``promoted.json`` forward to the last committed event when a kill came between the two."""
+        events = self.history()
+        current = self.promoted()
+        if not events:
+            return current
+        last = events[-1]
+        target = last["checkpoint"] if last["event"] == "promote" else last.get("to")
+        if (current["checkpoint"] if current else None) != target:
+            return self._apply({**last, "seq": last.get("seq", len(events))})
+        return current
 
     def promote(self, checkpoint_id: str, *, reason: str = "") -> dict[str, Any]:
         """Serve ``checkpoint_id`` from now on (after checking it is whole)."""
         manifest = self.get(checkpoint_id)
-        previous = self.promoted()
-        pointer = {"checkpoint": checkpoint_id, "path": checkpoint_id, "kind": manifest["kind"]}
-        _write_json_atomic(self.root / PROMOTED, pointer)
-        self._record({"event": "promote", "checkpoint": checkpoint_id,
-                      "previous": previous["checkpoint"] if previous else None, "reason": reason})
-        return pointer
+        previous = self.recover()
+        event = self._record({"event": "promote", "checkpoint": checkpoint_id, "kind": manifest["kind"],
+                              "previous": previous["checkpoint"] if previous else None, "reason": reason})
+        return self._apply(event)
 
     def rollback(self, *, reason: str = "") -> dict[str, Any] | None:
         """Go back to the promoted checkpoint's parent (the base model when it has none). Returns the new pointer."""
-        current = self.promoted()
+        current = self.recover()
         if current is None:
             raise CheckpointError("nothing is promoted: the base model is already in use")
-        parent = None
+        parent, kind = None, "lora"
         try:
             parent = self.get(current["checkpoint"]).get("parent")
         except CheckpointError:
             pass  # a corrupt promoted checkpoint: fall back to the base model
         if parent:
-            pointer = self.promote(parent, reason=f"rollback of {current['checkpoint']}: {reason}")
-        else:
-            (self.root / PROMOTED).unlink()
-            _fsync_dir(self.root)
-            pointer = None
-        self._record({"event": "rollback", "checkpoint": current["checkpoint"], "to": parent, "reason": reason})
-        return pointer
+            try:
+                kind = self.get(parent)["kind"]
+            except CheckpointError:
+                parent = None  # its parent is gone or damaged: the base model is what is left
+        event = self._record({"event": "rollback", "checkpoint": current["checkpoint"], "to": parent, "kind": kind,
+                              "reason": reason})
+        return self._apply(event)

@@ -37,7 +37,7 @@ from trainer.evaluate import Probe, builtin_probes, evaluate, steering_direction
 from trainer.frozen import frozen_batch_loss
 from trainer.model import check_chat_template, load_model, model_name
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train", "record_run", "recover_runs", "result_from_disk"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,13 @@ def _loss_curve(steps: Sequence[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _status(run_dir: Path, text: str) -> None:
+    """Replace the run's ``status`` file whole (a kill never leaves it empty or half-written)."""
+    tmp = run_dir / ".status.tmp"
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / "status")
+
+
 def _write(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 
@@ -253,7 +260,8 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
         run_dir.mkdir(parents=True, exist_ok=False)
         _write(run_dir / "config.json", cfg)
         _write(run_dir / "versions.json", _versions())
-        (run_dir / "status").write_text("started\n")
+        _write(run_dir / "examples.json", [r.get("id") for r in rows])  # for trained_on edges after a kill
+        _status(run_dir, f"started pid={os.getpid()}")
     torch.manual_seed(config.seed)
 
     probes = list(probes) if probes is not None else builtin_probes()
@@ -299,11 +307,11 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
         ckpt_dir = store.root / checkpoint_id
         if main:
             store.write(checkpoint_id, save, manifest)
-            (run_dir / "status").write_text("finished\n")
+            _status(run_dir, "finished")
         state.wait_for_everyone()
     except BaseException as e:
         if main and run_dir.exists():
-            (run_dir / "status").write_text(f"failed: {type(e).__name__}: {e}\n")
+            _status(run_dir, f"failed: {type(e).__name__}: {e}")
         raise
     if on_checkpoint is not None:
         on_checkpoint(checkpoint_id, manifest)
@@ -355,6 +363,86 @@ def _build_trainer(config: TrainConfig, model, tok, rows, run_dir: Path, progres
     args = KTOConfig(**common, beta=config.beta)
     return KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
                       callbacks=callbacks)
+
+
+def result_from_disk(home: str | os.PathLike, checkpoint_id: str) -> TrainResult:
+    """The :class:`TrainResult` of a finished run, read back from its checkpoint's manifest and its run folder."""
+    home = Path(home)
+    store = Checkpoints(home / "checkpoints")
+    manifest = store.get(checkpoint_id)
+    run_dir = home / "runs" / manifest["run"]
+    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    metrics = manifest.get("metrics") or {}
+    steps_file = run_dir / "steps.jsonl"
+    steps = [json.loads(line) for line in steps_file.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if steps_file.exists() else []
+    return TrainResult(run_id=manifest["run"], run_dir=run_dir, checkpoint=checkpoint_id,
+                       checkpoint_dir=store.root / checkpoint_id, parent=manifest.get("parent"),
+                       before=metrics.get("before"), after=metrics.get("after"), steps=steps,
+                       data_hash=manifest.get("data_hash", ""), config=cfg)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_runs(graph, home: str | os.PathLike, *, scope: str | None = None) -> list[dict[str, str]]:
+    """Finish the records of runs whose process was killed; returns what was done, one dict per run.
+
+    A run folder whose status is still ``started`` and whose process is gone
+    was killed: when its checkpoint is in place the run had finished (it died
+    between the rename and the status), so it becomes ``finished``; else
+    ``failed``. Every finished or failed run gets its graph records (``Run``,
+    and for a finished one its ``Checkpoint``, ``Eval`` nodes and
+    ``trained_on`` edges, from ``examples.json``) when a kill came before
+    :func:`record_run`. Runs still running are left alone.
+    """
+    from graph import NodeNotFound, Run
+
+    home = Path(home)
+    store = Checkpoints(home / "checkpoints")
+    done = []
+    runs = home / "runs"
+    for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
+        status_file = run_dir / "status"
+        if not (run_dir / "config.json").exists():
+            continue  # killed before it wrote its config: nothing to record
+        status = (status_file.read_text(encoding="utf-8").strip() if status_file.exists() else "") or "started"
+        checkpoint_id = "ckpt_" + run_dir.name.removeprefix("run_")
+        if status.startswith("started"):
+            pid = status.partition("pid=")[2]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if (store.root / checkpoint_id).is_dir():
+                status = "finished"
+            else:
+                status = "failed: killed before it finished (no checkpoint was written)"
+            _status(run_dir, status)
+            done.append({"run": run_dir.name, "status": status})
+        try:
+            graph.get(run_dir.name)
+            continue
+        except NodeNotFound:
+            pass
+        if status.startswith("finished"):
+            ids_file = run_dir / "examples.json"
+            ids = [i for i in json.loads(ids_file.read_text(encoding="utf-8")) if i] if ids_file.exists() else []
+            record_run(graph, result_from_disk(home, checkpoint_id), scope=scope, example_ids=ids)
+            done.append({"run": run_dir.name, "status": "recorded"})
+        else:
+            cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+            graph.add(Run(scope=graph.resolve_scope(scope), id=run_dir.name, status="failed",
+                          objective=cfg.get("objective", ""), method=cfg.get("method", ""),
+                          base_model=model_name(cfg["model"]) if cfg.get("model") else "",
+                          config={**cfg, "error": status.removeprefix("failed: ")}, finished=time.time()))
+            done.append({"run": run_dir.name, "status": "recorded failed"})
+    return done
 
 
 def record_run(graph, result: TrainResult, *, scope: str | None = None, example_ids: Sequence[str] = ()) -> dict:

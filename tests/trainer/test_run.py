@@ -64,7 +64,8 @@ def test_lineage_the_next_run_starts_from_the_promoted_checkpoint(tiny_lm, tmp_p
     assert store.rollback() is None and store.promoted() is None
     with pytest.raises(CheckpointError, match="nothing is promoted"):
         store.rollback()
-    assert [h["event"] for h in store.history()] == ["promote", "promote", "promote", "rollback", "rollback"]
+    assert [h["event"] for h in store.history()] == ["promote", "promote", "rollback", "rollback"]
+    assert [h["seq"] for h in store.history()] == [1, 2, 3, 4]
 
 
 def test_full_weights_checkpoint_is_served_by_the_local_backend(tiny_lm, tmp_path):
