@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -262,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="patterns and their readiness, the queue, the checkpoint in use, runs, verdicts, alerts")
     status.add_argument("--scope", help="scope (default: the configured scope)")
 
+    doctor = sub.add_parser("doctor", parents=[common],
+                            help="check the data directory (graph.db, vectors, checkpoints, loop.db); exit 1 on problems")
+    doctor.add_argument("--repair", action="store_true",
+                        help="repair what can be repaired without losing anything: damaged files are backed up "
+                             "beside themselves first, corrupt checkpoints quarantined (default: only report)")
+
     ui = sub.add_parser("ui", parents=[common],
                         help="the inspection web UI: review flags, patterns, the memory graph, runs, the observer")
     ui.add_argument("--host", help="address to bind (default 127.0.0.1; any other needs a token)")
@@ -302,7 +309,7 @@ def _read_lines(path: str) -> list[str]:
     """The lines of a UTF-8 file ('-' = stdin); invalid UTF-8 is an error naming the line."""
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
-        return data.decode("utf-8").splitlines()
+        return data.decode("utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028, NEL, \x1c...
     except UnicodeDecodeError as e:
         from graph import InvalidRecord
 
@@ -1025,6 +1032,16 @@ def _cmd_checkpoints(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    from agents.doctor import doctor
+    from graph import GraphConfig, load_config
+
+    config = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home})
+    report = doctor(config.home, repair=args.repair, config=config)
+    _print(args, report.to_json(), report.format())
+    return 0 if report.healthy else 1
+
+
 def _cmd_ui(args) -> int:
 
     import uvicorn
@@ -1071,6 +1088,7 @@ _COMMANDS = {
     ("daemon", None): _cmd_daemon,
     ("status", None): _cmd_status,
     ("ui", None): _cmd_ui,
+    ("doctor", None): _cmd_doctor,
 }
 
 
@@ -1091,6 +1109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:
         print(f"mindloop: error: {e.filename}: no such file", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:  # a damaged page met after opening (graph.db's quick_check passed)
+        print(f"mindloop: error: a database in the data directory is damaged ({e}); run `mindloop doctor`",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

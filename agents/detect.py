@@ -118,6 +118,10 @@ def pair_from_json(data: Any, where: str, *, need_label: bool) -> Pair:
                 split=data.get("split"))
 
 
+def _json_problem(e: Exception) -> str:
+    return "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+
+
 def read_pairs(path: str | Path, *, need_label: bool = True, skip_bad: bool = False,
                lines: Iterable[str] | None = None) -> tuple[list[Pair], list[str]]:
     """Read a labelled JSONL file. Returns the pairs and the problems found, each naming its line.
@@ -128,7 +132,7 @@ def read_pairs(path: str | Path, *, need_label: bool = True, skip_bad: bool = Fa
     if lines is None:
         raw = Path(path).read_bytes()
         try:
-            lines = raw.decode("utf-8").splitlines()
+            lines = raw.decode("utf-8").split("\n")  # JSONL lines end at \n only (strings may hold U+2028)
         except UnicodeDecodeError as e:
             line = 1 + raw[: e.start].count(b"\n")
             raise InvalidRecord(f"{path}: line {line}: not valid UTF-8") from None
@@ -143,6 +147,8 @@ def read_pairs(path: str | Path, *, need_label: bool = True, skip_bad: bool = Fa
                 data = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InvalidRecord(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting too deep
+                raise InvalidRecord(f"{where}: not JSON we can read ({_json_problem(e)})") from None
             pairs.append(pair_from_json(data, where, need_label=need_label))
         except InvalidRecord as e:
             problems.append(str(e))

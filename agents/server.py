@@ -46,6 +46,34 @@ _IGNORED = {"model", "stream", "user", "messages", "top_p", "stream_options", "s
             "frequency_penalty", "metadata", "store"}
 _REFUSED = {"n", "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
             "response_format", "logit_bias", "audio", "modalities", "prediction", "parallel_tool_calls"}
+_MAX_TOKENS = 2**31 - 1  # larger counts mean nothing to a model, and LangGraph's checkpoint cannot store them
+
+# The request as the OpenAPI schema documents it (what a client may send; the handler reads the raw bytes itself,
+# to bound their size and to answer every mistake OpenAI-style, so FastAPI does not validate against it).
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+_CHAT_REQUEST = {
+    "parameters": [
+        {"name": "X-Session-Id", "in": "header", "required": False, "schema": {"type": "string", "minLength": 1},
+         "description": "the conversation's session (default: the 'user' field, else derived from the messages)"},
+        {"name": "X-Scope", "in": "header", "required": False, "schema": {"type": "string", "minLength": 1},
+         "description": "whose memory (default: the configured scope)"},
+    ],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["messages"],
+        "properties": {
+            "messages": {"type": "array", "minItems": 1, "description": "the conversation; the last is the user's",
+                         "items": {"type": "object", "required": ["role", "content"], "properties": {
+                             "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+                             "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}}}},
+            "model": {"type": "string", "description": "ignored: the proxy serves its own model"},
+            "stream": {"type": "boolean"},
+            "user": {"type": "string", "minLength": 1, "description": "the session, when no X-Session-Id"},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": _MAX_TOKENS},
+            "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": _MAX_TOKENS},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        }}}}},
+}
 
 
 @dataclass
@@ -93,6 +121,8 @@ class _BadRequest(Exception):
 
 def _error(status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str | None = None):
     kind = kind or ("invalid_request_error" if status < 500 else "upstream_error")
+    # messages and params can quote the bad input, lone surrogates included, which UTF-8 cannot carry
+    message, param = (v.encode("utf-8", "backslashreplace").decode("utf-8") if v else v for v in (message, param))
     return JSONResponse(status_code=status,
                         content={"error": {"message": message, "type": kind, "param": param, "code": code}})
 
@@ -137,11 +167,16 @@ def parse_request(body: dict[str, Any]) -> tuple[list[dict[str, str]], str, dict
         raise _BadRequest("the last message must be the user's", param=f"messages[{len(out) - 1}].role")
     if not out[-1]["content"].strip():
         raise _BadRequest("the last user message is empty", param=f"messages[{len(out) - 1}].content")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise _BadRequest("'stream' must be true or false", param="stream")
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or not user.strip()):
+        raise _BadRequest("'user' must be a non-empty string", param="user")
     params: dict[str, Any] = {}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise _BadRequest("max_tokens must be a positive integer", param="max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= _MAX_TOKENS:
+            raise _BadRequest(f"max_tokens must be a positive integer, at most {_MAX_TOKENS}", param="max_tokens")
         params["max_tokens"] = max_tokens
     temperature = body.get("temperature")
     if temperature is not None:
@@ -182,7 +217,7 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
         return {"object": "list", "data": [{"id": loop.backend.model_id, "object": "model", "created": int(started),
                                             "owned_by": "mindloop"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_CHAT_REQUEST)
     async def chat_completions(request: Request):
         from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
@@ -200,22 +235,28 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
                               code="body_too_large")
         try:
             body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except RecursionError:
+            return _error(400, "the request body is not valid JSON: nested too deeply", code="invalid_json")
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
             return _error(400, f"the request body is not valid JSON: {e}", code="invalid_json")
+        from graph.records import check_text
+
         try:
             history, user, params = parse_request(body)
-            from graph.records import check_text
-
             check_text(user, what="the last user message")
         except _BadRequest as e:
             return _error(e.status, str(e), param=e.param, code=e.code)
         except ValueError as e:  # InvalidText: lone surrogates and the like
             return _error(400, str(e), param="messages")
-        user_field = body.get("user")
-        if user_field is not None and (not isinstance(user_field, str) or not user_field.strip()):
-            return _error(400, "'user' must be a non-empty string", param="user")
-        session = request.headers.get("x-session-id") or user_field or _session_for(history, user)
-        scope = request.headers.get("x-scope") or None
+        session = request.headers.get("x-session-id") or body.get("user") or _session_for(history, user)
+        scope = request.headers.get("x-scope") or None  # an empty header is no header
+        named_by = "X-Session-Id" if request.headers.get("x-session-id") else "user"
+        for value, what, param in ((session, f"the session ({named_by})", named_by), (scope, "X-Scope", "X-Scope")):
+            if value is not None:
+                try:
+                    check_text(value, what=what)
+                except ValueError as e:  # whitespace only, or a lone surrogate in 'user'
+                    return _error(400, str(e), param=param)
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         model = loop.backend.model_id
@@ -259,7 +300,9 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
                     break
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Session-Id": session})
+        headers = {"Cache-Control": "no-cache"}
+        if session.isascii() and session.isprintable():  # a header carries Latin-1 at most; 'user' may be any text
+            headers["X-Session-Id"] = session
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
     return app

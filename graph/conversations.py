@@ -68,6 +68,9 @@ def parse_conversation(line: str, lineno: int, *, max_bytes: int | None = None) 
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise InvalidRecord(f"line {lineno}: not JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting too deep
+        problem = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        raise InvalidRecord(f"line {lineno}: not JSON we can read ({problem})") from None
     if not isinstance(obj, dict):
         raise InvalidRecord(f"line {lineno}: expected an object with 'messages', got {type(obj).__name__}")
     messages = obj.get("messages")
