@@ -95,16 +95,18 @@ def _segment_problem(seg: Path) -> str | None:
         return f"header.bin is {len(raw)} bytes, not {_HNSW_HEADER.size}"
     (_, off0, max_elements, count, per_element, _, off_data, max_level, entry, max_m, max_m0, _, _,
      _) = _HNSW_HEADER.unpack(raw)
-    if count > max_elements or per_element < off_data or off_data != off0 + 4 * (max_m0 + 1) or max_level < 0:
+    if count > max_elements or per_element < off_data or off_data != off0 + 4 * (max_m0 + 1) or \
+            (count and max_level < 0):  # an empty segment has level -1
         return "header.bin holds impossible values"
     if count and entry >= count:
         return f"header.bin names entry point {entry} of {count} elements"
     sizes = {name: (seg / name).stat().st_size if (seg / name).exists() else -1
              for name in ("data_level0.bin", "length.bin", "link_lists.bin")}
-    if sizes["data_level0.bin"] != count * per_element:
-        return f"data_level0.bin is {sizes['data_level0.bin']} bytes, header.bin says {count * per_element}"
-    if sizes["length.bin"] != count * 4:
-        return f"length.bin is {sizes['length.bin']} bytes, header.bin says {count * 4}"
+    # the files may be allocated for more elements than the header counts (a fresh segment), never fewer
+    if sizes["data_level0.bin"] < count * per_element:
+        return f"data_level0.bin is {sizes['data_level0.bin']} bytes, header.bin needs {count * per_element}"
+    if sizes["length.bin"] < count * 4:
+        return f"length.bin is {sizes['length.bin']} bytes, header.bin needs {count * 4}"
     links = (seg / "link_lists.bin").read_bytes() if sizes["link_lists.bin"] >= 0 else b""
     pos, block = 0, 4 * (max_m + 1)
     for _ in range(count):  # each element: its upper levels' size in bytes, then the levels
@@ -114,10 +116,8 @@ def _segment_problem(seg: Path) -> str | None:
         if size % block:
             return "link_lists.bin holds a list of impossible size"
         pos += 4 + size
-    if pos != len(links):
-        return f"link_lists.bin is {len(links)} bytes, its lists take {pos}"
     if count:
-        rows = np.fromfile(seg / "data_level0.bin", dtype=np.uint8).reshape(count, per_element)
+        rows = np.fromfile(seg / "data_level0.bin", dtype=np.uint8, count=count * per_element).reshape(count, per_element)
         level0 = np.ascontiguousarray(rows[:, off0 : off0 + 4 * (max_m0 + 1)]).view("<u4")
         n = level0[:, 0] & 0xFFFF
         ids = level0[:, 1:]

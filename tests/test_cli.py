@@ -14,7 +14,8 @@ SUBCOMMANDS = [[], ["log"], ["log", "import"], ["search"], ["graph"], ["graph", 
                ["import"], ["chat"], ["serve"], ["detect"], ["flags"], ["flags", "list"], ["flags", "show"],
                ["flags", "confirm"], ["flags", "reject"], ["flags", "edit"], ["patterns"], ["compose"], ["train"],
                ["eval"], ["checkpoints"], ["checkpoints", "list"], ["checkpoints", "show"],
-               ["checkpoints", "promote"], ["checkpoints", "rollback"], ["observe"], ["daemon"], ["status"], ["ui"]]
+               ["checkpoints", "promote"], ["checkpoints", "rollback"], ["observe"], ["daemon"], ["status"], ["ui"],
+               ["doctor"]]
 
 CONVERSATIONS = [
     {"session": "s1", "messages": [
@@ -138,4 +139,4 @@ def test_parser_lists_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import", "chat", "serve", "detect",
                                 "flags", "patterns", "compose", "train", "eval", "checkpoints", "observe", "daemon",
-                                "status", "ui"}
+                                "status", "ui", "doctor"}
