@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="patterns and their readiness, the queue, the checkpoint in use, runs, verdicts, alerts")
     status.add_argument("--scope", help="scope (default: the configured scope)")
 
+    rep = sub.add_parser("report", parents=[common],
+                         help="write an HTML report: runs before/after with plots, gate checks, the watch, alerts")
+    rep.add_argument("--out", help="where to write it (default: <home>/report.html)")
+    rep.add_argument("--scope", help="scope (default: the configured scope)")
+
     doctor = sub.add_parser("doctor", parents=[common],
                             help="check the data directory (graph.db, vectors, checkpoints, loop.db); exit 1 on problems")
     doctor.add_argument("--repair", action="store_true",
@@ -643,6 +648,24 @@ def _format_assessment(c: dict) -> str:
         p = f"p={t['p_value']:.4f}" if t["p_value"] is not None else ""
         lines.append(f"    {t['what']:<48} {rates:<18} {p:<10} {t['verdict']}")
     return "\n".join(lines)
+
+
+def _cmd_report(args) -> int:
+    from agents.observe import ObserveConfig
+    from agents.report import write_report
+    from graph import load_config
+    from trainer.checkpoints import Checkpoints
+
+    with _open_graph(args) as g:
+        out = Path(args.out) if args.out else g.config.home / "report.html"
+        if out.is_dir():
+            raise SystemExit(f"mindloop report: --out {out} is a directory; name a file")
+        if not out.parent.is_dir():
+            raise SystemExit(f"mindloop report: the folder of --out {out} does not exist")
+        path = write_report(out, g, Checkpoints(g.config.home / "checkpoints"), scope=args.scope,
+                            observe_config=load_config(ObserveConfig, "observe", file=args.config))
+    _print(args, {"report": str(path)}, f"wrote {path}")
+    return 0
 
 
 def _cmd_status(args) -> int:
@@ -1089,6 +1112,7 @@ _COMMANDS = {
     ("status", None): _cmd_status,
     ("ui", None): _cmd_ui,
     ("doctor", None): _cmd_doctor,
+    ("report", None): _cmd_report,
 }
 
 

@@ -139,4 +139,4 @@ def test_parser_lists_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import", "chat", "serve", "detect",
                                 "flags", "patterns", "compose", "train", "eval", "checkpoints", "observe", "daemon",
-                                "status", "ui", "doctor"}
+                                "status", "ui", "doctor", "report"}

@@ -194,7 +194,7 @@ def fill_demo(home: Path, *, attack: bool = False) -> dict:
         g.link(alert.id, second, "rolled_back")
         store.rollback(reason="trained pattern recurred")
         _set_status(g, second, "rolled_back")
-        _date_history(store, [start + 7 * DAY, start + 14 * DAY, start + 15 * DAY, start + 15 * DAY])
+        _date_history(store, [start + 7 * DAY, start + 14 * DAY, start + 15 * DAY])
         killed = home / "runs" / "run_20261109-120000_cccccc"
         killed.mkdir(parents=True)
         (killed / "config.json").write_text(json.dumps({"objective": "dpo", "method": "lora"}))

@@ -196,7 +196,8 @@ def test_checkpoints_name_the_one_in_use_and_the_history(client, demo):
     first, second = facts["checkpoints"]
     assert data["in_use"] == first
     assert {c["id"]: c["status"] for c in data["checkpoints"]} == {first: "promoted", second: "rolled_back"}
-    assert [e["event"] for e in data["history"]] == ["promote", "promote", "promote", "rollback"]
+    assert [e["event"] for e in data["history"]] == ["promote", "promote", "rollback"]
+    assert data["history"][-1]["to"] == first  # one event: the rollback to the parent
 
 
 def test_the_observer_shows_surface_observes_report(demo):
