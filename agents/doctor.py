@@ -97,8 +97,16 @@ class Report:
     def ok(self, check: str) -> None:
         self.checks.setdefault(check, "ok")
 
+    def states(self) -> dict[str, str]:
+        """Each check's outcome: ``ok``, ``repaired`` (every problem it found was) or ``problem``."""
+        out = {}
+        for name in self.checks:
+            found = [p for p in self.problems if p.check == name]
+            out[name] = "ok" if not found else "repaired" if all(p.fixed for p in found) else "problem"
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return {"home": self.home, "healthy": self.healthy, "repaired": self.repaired, "checks": self.checks,
+        return {"home": self.home, "healthy": self.healthy, "repaired": self.repaired, "checks": self.states(),
                 "problems": [asdict(p) for p in self.problems], "recovered": self.recovered, "notes": self.notes}
 
     def format(self) -> str:
@@ -107,7 +115,7 @@ class Report:
                 f"{self.home}: {len(self.problems)} problem(s), {len(self.problems) - len(remaining)} repaired, "
                 f"{len(remaining)} remaining")
         lines = [head]
-        for name, state in self.checks.items():
+        for name, state in self.states().items():
             lines.append(f"  {name:<12} {state}")
         for p in self.problems:
             mark = "repaired" if p.fixed else "PROBLEM"
@@ -136,8 +144,9 @@ def doctor(home: str | os.PathLike, *, repair: bool = False, config=None, embedd
     report = Report(home=str(home), repaired=repair)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     db_ok = _check_graph_db(config, report, repair, stamp)
-    if db_ok and not config.db_path.exists() and not repair:
-        pass  # a new data directory: nothing to compare, and a check creates nothing
+    started_over = any(p.check == "graph.db" and p.fixed for p in report.problems)
+    if db_ok and not config.db_path.exists() and not started_over:
+        pass  # a new data directory: nothing to compare, and doctor creates nothing
     elif db_ok:
         _check_vectors(config, report, repair, embedder, flush_timeout_s)
     else:
