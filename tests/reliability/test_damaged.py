@@ -205,6 +205,7 @@ def test_damaged_graph_db_is_refused_reported_and_recovered(home, capsys, figure
     assert _sha(home / "loop.db") == loop_sha
     assert sorted(p.name for p in (home / "checkpoints").iterdir()) == ckpts
     figures.record(f"graph.db {damage}: turns recovered", f"{len(after['turns'])} of {len(before['turns'])}",
+                   "a new graph; the old vectors kept as chroma.orphaned-*" if damage == "emptied" else
                    "rows SQLite could still read; the damaged file kept as graph.db.damaged-*")
 
 
