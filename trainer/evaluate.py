@@ -24,6 +24,7 @@ their own files. Also measured:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ from trainer.errors import InvalidDataset
 from trainer.scoring import response_logprobs
 
 __all__ = ["KINDS", "Probe", "builtin_probes", "default_text", "evaluate", "format_comparison", "perplexity",
+           "probes_digest",
            "probes_from_examples", "read_probes", "steering_direction"]
 
 KINDS = ("target", "pushback", "capability")
@@ -250,6 +252,13 @@ def _stats(margins: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
                 "n": len(v)} for k, v in sorted(margins.items())}
 
 
+def probes_digest(probes: Sequence[Probe], text: str | None = None) -> str:
+    """A fingerprint of a probe set (and the perplexity text): two reports with the same one are comparable."""
+    h = hashlib.sha256(json.dumps([asdict(p) for p in probes], sort_keys=True, ensure_ascii=False).encode())
+    h.update((text or "").encode())
+    return h.hexdigest()[:16]
+
+
 def evaluate(model, tokenizer, probes: Sequence[Probe], *, text: str | None = None, checkpoint: str | None = None,
              direction: dict[str, Any] | None = None, attention: bool = True) -> dict[str, Any]:
     """The report: per kind mean margin / win rate / n, perplexity, steering readout, attention mass.
@@ -271,7 +280,7 @@ def evaluate(model, tokenizer, probes: Sequence[Probe], *, text: str | None = No
                 held.setdefault(p.kind, []).append(good - bad)
         report: dict[str, Any] = {"kinds": _stats(by_kind), "perplexity": round(perplexity(model, tokenizer,
                                                                                   text or default_text()), 4),
-                                  "checkpoint": checkpoint}
+                                  "checkpoint": checkpoint, "probes": probes_digest(probes, text)}
         if held:  # the pattern's own held-out examples: what the gate's target check reads
             report["heldout"] = _stats(held)
         targets = [p for p in probes if p.kind == "target"]

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 from trainer.checkpoints import Checkpoints
 from trainer.data import OBJECTIVES, check_lengths, data_hash
 from trainer.errors import InvalidDataset, TrainerError
-from trainer.evaluate import Probe, builtin_probes, evaluate, steering_direction
+from trainer.evaluate import Probe, builtin_probes, evaluate, probes_digest, steering_direction
 from trainer.frozen import frozen_batch_loss
 from trainer.model import check_chat_template, load_model, model_name
 
@@ -205,14 +205,19 @@ def _write(path: Path, data: Any) -> None:
 
 def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os.PathLike,
           probes: Sequence[Probe] | None = None, progress: bool = True, run_id: str | None = None,
-          on_checkpoint: Callable[[str, dict], None] | None = None, tags: dict[str, Any] | None = None) -> TrainResult:
+          on_checkpoint: Callable[[str, dict], None] | None = None, tags: dict[str, Any] | None = None,
+          before: dict[str, Any] | None = None) -> TrainResult:
     """Run one training run on ``rows`` (see :mod:`trainer.data`) and write a checkpoint under ``home``.
 
     ``probes`` are evaluated before and after (default: the built-in sets;
     the caller adds the pattern's held-out examples). ``on_checkpoint`` is
     called with the new checkpoint's id and manifest once it is in place.
     ``tags`` (for example ``{"pattern": id}``) go into the run's config and
-    the checkpoint's manifest.
+    the checkpoint's manifest. ``before``: an evaluation of the parent the
+    caller already has (the ``after`` of the run that made it); it is used
+    instead of evaluating the parent again when it was made on the same
+    probes (:func:`~trainer.evaluate.probes_digest`) of the same checkpoint,
+    without its steering readout (this run's direction is its own).
     """
     import torch
 
@@ -252,6 +257,7 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
         broadcast_object_list(box)
         run_id = box[0]
     run_dir = home / "runs" / run_id
+    checkpoint_id = "ckpt_" + run_id.removeprefix("run_")
     digest = data_hash(rows)
     cfg = {**asdict(config), "learning_rate": config.learning_rate, "context_frozen": config.frozen,
            "examples": len(rows), "data_hash": digest, "parent": parent, "processes": state.num_processes,
@@ -265,13 +271,16 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
     torch.manual_seed(config.seed)
 
     probes = list(probes) if probes is not None else builtin_probes()
-    before = after = None
+    known, before, after = before, None, None
     direction = None
     targets = [p for p in probes if p.kind == "target"]
     if config.evaluate and main:
         if targets:
             direction = steering_direction(model, tok, targets)
-        before = evaluate(model, tok, probes, checkpoint=parent, direction=direction)
+        if known and known.get("probes") == probes_digest(probes) and known.get("checkpoint") == parent:
+            before = {k: v for k, v in known.items() if k not in ("steering", "attention_mass")}
+        else:
+            before = evaluate(model, tok, probes, checkpoint=parent, direction=direction)
 
     steps: list[dict[str, Any]] = []
     try:
@@ -283,13 +292,12 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
         trainer.train()
         model = trainer.model
         if config.evaluate and main:
-            after = evaluate(model, tok, probes, checkpoint=run_id, direction=direction)
+            after = evaluate(model, tok, probes, checkpoint=checkpoint_id, direction=direction)
         if steps and main:
             _loss_curve(steps, run_dir / "loss.png", f"{run_id} ({config.objective}, {config.method}, "
                                                       f"lr {config.learning_rate:g})")
         if main:
             _write(run_dir / "metrics.json", {"before": before, "after": after})
-        checkpoint_id = "ckpt_" + run_id.removeprefix("run_")
         kind = "lora" if config.method == "lora" else "full"
         manifest = {"kind": kind, "base_model": model_name(config.model), "base_source": config.model,
                     "parent": parent, "run": run_id,

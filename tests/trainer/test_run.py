@@ -39,7 +39,7 @@ def test_an_sft_lora_run_writes_its_record_and_a_checkpoint(tiny_lm, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["context_frozen"] is True and cfg["learning_rate"] == 1e-2 and cfg["data_hash"] == result.data_hash
     assert len(result.steps) == 2 and all("loss" in s for s in result.steps)
-    assert set(result.before["kinds"]) == {"target", "pushback"} and result.after["checkpoint"] == result.run_id
+    assert set(result.before["kinds"]) == {"target", "pushback"} and result.after["checkpoint"] == result.checkpoint
     manifest = Checkpoints(tmp_path / "checkpoints").get(result.checkpoint)
     assert manifest["kind"] == "lora" and manifest["parent"] is None and manifest["run"] == result.run_id
     assert (result.checkpoint_dir / "adapter_model.safetensors").exists()
@@ -203,3 +203,25 @@ with open(f"result-{{os.environ.get('RANK', '0')}}.json", "w") as fh:
     assert len(results) == 2 and results[0][0] == results[1][0] and results[0][1] == 2
     store = Checkpoints(tmp_path / "home" / "checkpoints")
     assert [m["id"] for m in store.list()] == [results[0][0]]
+
+
+def test_a_known_evaluation_of_the_parent_is_reused_only_on_the_same_probes(tiny_lm, tmp_path, monkeypatch):
+    import trainer.run as run_mod
+
+    store = Checkpoints(tmp_path / "checkpoints")
+    first = train(_cfg(tiny_lm), ROWS, home=tmp_path, probes=PROBES, progress=False)
+    assert first.after["checkpoint"] == first.checkpoint  # the after evaluation names what it measured
+    store.promote(first.checkpoint)
+    calls = []
+    real = run_mod.evaluate
+    monkeypatch.setattr(run_mod, "evaluate", lambda *a, **kw: calls.append(kw["checkpoint"]) or real(*a, **kw))
+    second = train(_cfg(tiny_lm), ROWS, home=tmp_path, probes=PROBES, progress=False, before=first.after)
+    assert calls == [second.checkpoint]  # only the new checkpoint was evaluated
+    assert second.before == {k: v for k, v in first.after.items() if k not in ("steering", "attention_mass")}
+    store.promote(second.checkpoint)
+    calls.clear()
+    third = train(_cfg(tiny_lm), ROWS, home=tmp_path, probes=PROBES[:1], progress=False, before=second.after)
+    assert calls == [second.checkpoint, third.checkpoint]  # other probes: the parent is evaluated again
+    calls.clear()
+    train(_cfg(tiny_lm), ROWS, home=tmp_path, probes=PROBES, progress=False, before=first.after)
+    assert len(calls) == 2  # an evaluation of another checkpoint (first, not the promoted second) is not reused
