@@ -79,7 +79,8 @@ def show_hits(graph: MemoryGraph, query: str, **kw) -> None:
             elif r["signal"] == "lexical":
                 why.append(f"bm25 #{r['rank']}")
             else:
-                why.append(f"graph #{r['rank']} ({'/'.join(r['edges'])} of a top hit)")
+                where = f"graph #{r['rank']}" if r["rank"] else "graph, no vote"
+                why.append(f"{where} ({'/'.join(r['edges'])} of a top hit)")
         text = " ".join((h.node.embed_text() or "").split())
         table.add_row(str(i), f"{h.score:.4f}", h.node.kind, "; ".join(why), text[:90] + ("…" if len(text) > 90 else ""))
     console.print(table)
@@ -187,13 +188,26 @@ def _rates(report: dict, checkpoint: str) -> None:
     console.print(table)
 
 
+SECTIONS: list[tuple[str, float]] = []  # (title, start): how long each part of the demo took
+
+
+def section(title: str) -> None:
+    console.rule(f"[bold]{title}")
+    SECTIONS.append((title, time.perf_counter()))
+
+
+TRAFFIC: dict[str, dict] = {}  # model -> the scripted user's corrections, for the HTML report
+
+
 def _replay(loop, tag: str) -> None:
     import replay
 
     t = time.perf_counter()
     out = replay.replay(loop, tag)
+    model = loop.backend.checkpoint or "the base model"
+    TRAFFIC[f"{tag}: {model}"] = out
     console.print(f"replayed {sum(out['total'].values())} scripted requests through the loop on "
-                  f"{loop.backend.checkpoint or 'the base model'} in {time.perf_counter() - t:.0f}s: the user had to "
+                  f"{model} in {time.perf_counter() - t:.0f}s: the user had to "
                   f"correct " + ", ".join(f"{out['failed'].get(k, 0)}/{n} {k}" for k, n in out["total"].items())
                   + " replies")
 
@@ -269,8 +283,12 @@ def over_trained(graph: MemoryGraph, agent, backend, pattern) -> None:
     console.print(f"mindloop train --pattern {pattern.id[:16]}… --lr 5e-3 --epochs 3   (50x the default lr, "
                   f"three passes)")
     t = time.perf_counter()
+    # the parent is the scheduler's checkpoint, evaluated on these same probes when it was trained: reused
+    parent = (store.promoted() or {}).get("checkpoint")
+    runs = [e.src for e in graph.edges(parent, kinds=["produced"], direction="in")] if parent else []
+    known = graph.get(runs[0]).metrics.get("after") if runs else None
     result = train(cfg, rows, home=graph.config.home, probes=builtin_probes() + probes_from_examples(
-        [e for e in examples if e.split == "heldout"]), progress=False, tags={"pattern": pattern.id})
+        [e for e in examples if e.split == "heldout"]), progress=False, tags={"pattern": pattern.id}, before=known)
     record_run(graph, result, example_ids=[e.id for e in examples if e.split == "train"])
     console.print(f"run {result.run_id}: {len(result.steps)} steps in {time.perf_counter() - t:.0f}s")
     verdict = gate_checkpoint(graph, store, result.checkpoint, observe)
@@ -306,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home)
     started = time.perf_counter()
 
-    console.rule("[bold]mindloop demo: the memory graph")
+    section("mindloop demo: the memory graph")
     with MemoryGraph.open(GraphConfig(home=home)) as graph:
         console.print(f"data dir: {home}  (SQLite WAL + embedded Chroma, embedder {graph.embedder.name})")
         report = import_conversations(graph, DATA.read_text(encoding="utf-8").splitlines())
@@ -338,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         from agents.reader import Reader
         from agents.signal import SignalAgent, SignalConfig
 
-        console.rule("[bold]the agent loop: surface -> respond -> log -> signal (bundled SmolLM2-135M)")
+        section("the agent loop: surface -> respond -> log -> signal (bundled SmolLM2-135M)")
         t = time.perf_counter()
         backend = LocalBackend("bundled", checkpoints=graph.config.home / "checkpoints")
         backend.load()
@@ -348,16 +366,26 @@ def main(argv: list[str] | None = None) -> int:
         agent = SignalAgent(graph, detector, SignalConfig(auto_confirm_above=0.9))
         chat_through_the_loop(graph, agent, backend)
 
-        console.rule("[bold]the training-signal agent: detect -> flag -> pattern -> compose")
+        section("the training-signal agent: detect -> flag -> pattern -> compose")
         found = training_signal(graph, agent, backend)
         if found:
-            console.rule("[bold]the scheduler: ripe -> compose -> train -> gate -> promote -> watch")
+            section("the scheduler: ripe -> compose -> train -> gate -> promote -> watch")
             scheduled_cycle(graph, agent, backend, found[0])
-            console.rule("[bold]surface-observe: an over-trained checkpoint is caught and rolled back")
+            section("surface-observe: an over-trained checkpoint is caught and rolled back")
             over_trained(graph, agent, backend, found[0])
         backend.close()
 
+        from agents.report import write_report
+        from trainer.checkpoints import Checkpoints
+
+        path = write_report(home / "report.html", graph, Checkpoints(home / "checkpoints"),
+                            observe_config=_demo_gate(), traffic=TRAFFIC, title="mindloop demo")
+
+    SECTIONS.append(("end", time.perf_counter()))
     console.rule()
+    console.print("time per part: " + "; ".join(f"{title.split(':')[0]} {b - a:.0f}s"
+                                                for (title, a), (_, b) in zip(SECTIONS, SECTIONS[1:])))
+    console.print(f"HTML report with the plots (runs before/after, gate, watch, traffic): {path}")
     console.print(f"done in {time.perf_counter() - started:.1f}s. Try it yourself:")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop search 'just do the rename'")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop graph stats")

@@ -4,8 +4,10 @@ Each signal ranks candidates on its own; a node's fused score is
 ``sum(1 / (rrf_k + rank))`` over the signals that found it (Cormack et al.,
 2009), so no signal's raw scale has to be calibrated against another's. The
 top fused candidates then seed a breadth-first expansion over the configured
-edge kinds; neighbours are ranked by (seed rank, hops) and fused in the same
-way. Every :class:`Hit` says which signals returned it and, for the graph
+edge kinds; neighbours the query did not find itself are ranked by (seed
+rank, hops) and fused in the same way (a neighbour it did find keeps its own
+score and gets the path as a reason: a third vote let the neighbours of an
+exact match outrank it). Every :class:`Hit` says which signals returned it and, for the graph
 signal, along which path. Nothing ever crosses the search's scope.
 
 The lexical query runs on a second thread while the query is embedded, so
@@ -86,8 +88,17 @@ def hybrid_search(graph: "MemoryGraph", text: str, *, k: int, scope: str, kinds:
             return (wanted is None or attrs.get("kind") in wanted) and (since is None or attrs.get("created", 0) >= since)
 
         expanded = graph.view.expand(seeds, scope=scope, hops=hops, edge_kinds=cfg.search_edge_kinds, keep=keep)
-        for rank, (node_id, seed, path, edge_kinds) in enumerate(expanded, 1):
-            add(node_id, rank, {"signal": "graph", "from": seed, "path": path, "edges": edge_kinds})
+        direct = set(scores)
+        rank = 0
+        for node_id, seed, path, edge_kinds in expanded:
+            reason = {"signal": "graph", "from": seed, "path": path, "edges": edge_kinds}
+            if node_id in direct:
+                # already found by the query itself: the path is recorded, but a neighbour of the best hit must
+                # not outrank it by collecting a third vote (it did: an exact match fell out of the top 5)
+                reasons[node_id].append({"rank": None, **reason})
+                continue
+            rank += 1
+            add(node_id, rank, reason)
 
     top = sorted(scores, key=lambda i: (-scores[i], i))[: k * 2]
     nodes = graph.store.get_nodes(top, scope=scope)

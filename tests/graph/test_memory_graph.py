@@ -186,6 +186,23 @@ def test_search_fuses_vector_and_lexical_and_explains(graph):
     assert hits == sorted(hits, key=lambda h: -h.score)
 
 
+def test_an_exact_match_stays_first_when_its_neighbours_are_also_found(graph):
+    """Expansion adds no vote to what the query found itself: the neighbours of the best hit, found by vector and
+    keyword at lower ranks, once collected a third vote from the graph and pushed the exact match out of the top 5."""
+    words = "zebra quantum falafel orbit lantern".split()
+    exact = None
+    for i in range(8):  # one session: every turn is a neighbour of the next
+        text = " ".join(words) if i == 3 else " ".join(words[: 2 + i % 3]) + f" filler {i}"
+        t = graph.log_turn("s", "user", text)
+        exact = t if i == 3 else exact
+    graph.log_turn("other", "user", "nothing to do with it")
+    assert graph.flush()
+    hits = graph.search(" ".join(words), k=5, hops=1)
+    assert hits[0].node.id == exact.id, [h.node.text for h in hits]
+    graphed = [r for h in hits for r in h.reasons if r["signal"] == "graph"]
+    assert graphed and all(r["rank"] is None for r in graphed)  # the paths are still told, without a vote
+
+
 def test_graph_expansion_returns_neighbours_with_their_path(graph):
     u = graph.log_turn("s", "user", "rename foo to bar")
     a = graph.log_turn("s", "assistant", "Sure. Alternatively you could consider a refactor")
