@@ -37,6 +37,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -181,6 +182,15 @@ def write_failure(path: Path, error: sqlite3.Error) -> GraphError | None:
                     "the call was rolled back and nothing of it was written")
 
 
+class _Owned:
+    """One thread's connection, in that thread's locals: when the thread ends, this goes, and a finalizer closes it."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
 class Store:
     """SQLite store of nodes, edges and their history (one file, WAL mode)."""
 
@@ -213,10 +223,13 @@ class Store:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+        owned = getattr(self._local, "owned", None)
+        if owned is None:
+            owned = self._local.owned = _Owned(self._connect())
+            # Closed when its thread ends: LangGraph runs each turn's nodes on fresh threads, and a connection
+            # kept for every thread that ever wrote leaked two files per chat turn until open() failed.
+            weakref.finalize(owned, self._discard, owned.conn)
+        return owned.conn
 
     def _discard(self, conn: sqlite3.Connection) -> None:
         """Close this thread's connection after a failed write; the next call opens a fresh one."""
@@ -227,8 +240,9 @@ class Store:
             conn.close()
         except sqlite3.Error:  # pragma: no cover - closing is best effort
             pass
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
+        owned = getattr(self._local, "owned", None)
+        if owned is not None and owned.conn is conn:
+            self._local.owned = None
 
     def close(self) -> None:
         with self._conns_lock:
