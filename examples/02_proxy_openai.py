@@ -3,9 +3,9 @@
     .venv/bin/python examples/02_proxy_openai.py                 # the bundled SmolLM2-135M, MiniLM, the reader
     .venv/bin/python examples/02_proxy_openai.py --fake --fast   # a scripted model and the test doubles (CI)
 
-Expected runtime: about 1 minute on 2 CPU cores (loading MiniLM and SmolLM2,
-three short replies); about 20 s with ``--fake --fast`` (the detector trains
-itself from the seed set for the hashing embedder). Offline: the server
+Expected runtime: about 30 s on 2 CPU cores (loading MiniLM and SmolLM2,
+three replies of up to 48 tokens); 10 to 25 s with ``--fake --fast`` (the
+detector trains itself from the seed set for the hashing embedder). Offline: the server
 listens on 127.0.0.1 only; writes only to a temporary directory (or ``--home
 DIR``, emptied first).
 
@@ -111,13 +111,14 @@ def chat(client, model: str, history: list[dict], text: str, stream: bool) -> st
 def show_log(graph, agent, lesson, replies: list[str]) -> None:
     turns = graph.session_turns(SESSION)
     table = Table(title=f"turns logged in session {SESSION}", title_justify="left")
-    for col, width in (("turn", 11), ("model", 12), ("surfaced", 8), ("text", None)):
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width)
+    for col, width in (("turn", 11), ("surfaced", 8), ("text", 50)):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
     for t in turns:
         surfaced = ", ".join(s["kind"] for s in t.meta.get("surfaced", [])) if t.role == "assistant" else ""
-        table.add_row(f"{t.role}#{t.index}", t.model or "", surfaced, " ".join(t.text.split()))
+        table.add_row(f"{t.role}#{t.index}", surfaced, " ".join(t.text.split()))
     console.print(table)
     logged = [t.text for t in turns if t.role == "assistant"]
+    console.print(f"models that wrote them: {', '.join(sorted({t.model or '-' for t in turns}))}", markup=False)
     console.print(f"logged {len(turns)} turns in session {SESSION}; the replies the client received are the "
                   f"logged ones: {logged == replies}")
     shown = graph.edges(lesson.id, kinds=["surfaced"], direction="out")

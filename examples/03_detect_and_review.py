@@ -21,7 +21,9 @@ What it shows:
    before it, the reply, the correction, the evidence, similar flags), then
    confirms the flags on conversations where the user really corrected the
    assistant, writes a better response for one (``flags edit``), and rejects
-   the rest (a user agreeing with a push-back is not a correction);
+   the rest: with ``--fast`` (no reader) the detector flags a user agreeing
+   with a push-back, which is not a correction; with the reader it flags no
+   such turn in this data, and there is nothing to reject;
 4. the statuses are read back from the graph and the patterns are regrouped:
    rejected flags leave them, and only confirmed flags will train.
 """

@@ -3,10 +3,11 @@
     .venv/bin/python examples/04_compose_train_gate.py                                  # the bundled SmolLM2-135M
     .venv/bin/python examples/04_compose_train_gate.py --fast --model tiny --max-steps 2   # test doubles (CI)
 
-Expected runtime: about 4 minutes on 2 CPU cores (the reader reads the 93
-follow-ups, the built-in probes are evaluated before and after a LoRA run of
-one epoch); about 30 s with ``--fast --model tiny --max-steps 2``, whose
-scores mean nothing. ``--generate`` lets the model write the general replay
+Expected runtime: about 5 CPU-minutes, so about 4 minutes on 2 idle cores
+(6.5 minutes measured while other jobs shared the 2 cores): the reader
+reads the 93 follow-ups, and the built-in probes are evaluated before and
+after a LoRA run of one epoch (6 steps). About 45 s with ``--fast --model
+tiny --max-steps 2``, whose scores mean nothing. ``--generate`` lets the model write the general replay
 (a minute more). Offline; writes only to a temporary directory (or ``--home
 DIR``, emptied first).
 

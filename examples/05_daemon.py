@@ -3,10 +3,11 @@
     .venv/bin/python examples/05_daemon.py                                  # the bundled SmolLM2-135M
     .venv/bin/python examples/05_daemon.py --fast --model tiny --max-steps 2   # test doubles (CI)
 
-Expected runtime: about 4 minutes on 2 CPU cores (the reader reads the 93
-follow-ups; one DPO run with LoRA, evaluated before and after on the built-in
-probes); about 40 s with ``--fast --model tiny --max-steps 2``, whose scores
-mean nothing. ``--generate`` lets the model write the general replay (a
+Expected runtime: about 6 CPU-minutes, so about 4 to 5 minutes on 2 idle
+cores (9 minutes measured while other jobs kept 8 processes busy on them):
+the reader reads the 93 follow-ups, then one DPO run with LoRA is evaluated
+before and after on the built-in probes. About 45 s with ``--fast --model
+tiny --max-steps 2``, whose scores mean nothing. ``--generate`` lets the model write the general replay (a
 minute more). Offline; writes only to a temporary directory (or ``--home
 DIR``, emptied first).
 
