@@ -925,6 +925,13 @@ def _cmd_compose(args) -> int:
     return 0
 
 
+def _main_process() -> bool:
+    """False in the other processes of an ``accelerate launch`` / torchrun (they train, but record nothing)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_train(args) -> int:
     from trainer.data import read_dataset, rows_from_examples
     from trainer.evaluate import format_comparison
@@ -938,8 +945,9 @@ def _cmd_train(args) -> int:
         "epochs": args.epochs, "context_frozen": args.context_frozen, "model": args.model,
         "batch_size": args.batch_size, "max_steps": args.max_steps, "max_length": args.max_length,
         "evaluate": args.evaluate})
+    main_process = _main_process()
     with _open_graph(args) as g:
-        for r in recover_runs(g, g.config.home, scope=args.scope):  # runs an earlier kill left unfinished
+        for r in recover_runs(g, g.config.home, scope=args.scope) if main_process else []:  # killed earlier
             print(f"note: run {r['run']}: {r['status']} (its process had been killed)", file=sys.stderr)
         probes = builtin_probes()
         example_ids: list[str] = []
@@ -967,6 +975,8 @@ def _cmd_train(args) -> int:
             tags = {"pattern": pattern.id, "accept_examples": sum(e.example_kind == "accept" for e in train_ex),
                     "flags": confirmed_flags(g, pattern.id)}
         result = train(cfg, rows, home=g.config.home, probes=probes, progress=not args.json, tags=tags)
+        if not main_process:  # under `accelerate launch`: the main process records and reports the run, once
+            return 0
         record_run(g, result, scope=args.scope, example_ids=example_ids)
     out = result.to_json()
     human = (f"run {result.run_id}: {len(rows)} example(s), {len(result.steps)} logged step(s), final loss "
@@ -1119,6 +1129,10 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None and getattr(args, "home", None):
+        candidate = Path(args.home).expanduser() / "config.toml"  # --home D reads D/config.toml, as $MINDLOOP_HOME does
+        if candidate.is_file():
+            args.config = str(candidate)
     action = (getattr(args, "log_command", None) or getattr(args, "graph_command", None)
               or getattr(args, "flags_command", None) or getattr(args, "checkpoints_command", None))
     handler = _COMMANDS[(args.command, action)]
@@ -1133,6 +1147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:
         print(f"mindloop: error: {e.filename}: no such file", file=sys.stderr)
+        return 2
+    except sqlite3.IntegrityError as e:  # a constraint, not damage: say which, do not send the user to doctor
+        print(f"mindloop: error: the write conflicts with what is stored ({e})", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as e:  # a damaged page met after opening (graph.db's quick_check passed)
         print(f"mindloop: error: a database in the data directory is damaged ({e}); run `mindloop doctor`",

@@ -15,7 +15,7 @@ SUBCOMMANDS = [[], ["log"], ["log", "import"], ["search"], ["graph"], ["graph", 
                ["flags", "confirm"], ["flags", "reject"], ["flags", "edit"], ["patterns"], ["compose"], ["train"],
                ["eval"], ["checkpoints"], ["checkpoints", "list"], ["checkpoints", "show"],
                ["checkpoints", "promote"], ["checkpoints", "rollback"], ["observe"], ["daemon"], ["status"], ["ui"],
-               ["doctor"]]
+               ["doctor"], ["report"]]
 
 CONVERSATIONS = [
     {"session": "s1", "messages": [
@@ -140,3 +140,14 @@ def test_parser_lists_every_command():
     assert set(sub.choices) == {"log", "search", "graph", "forget", "export", "import", "chat", "serve", "detect",
                                 "flags", "patterns", "compose", "train", "eval", "checkpoints", "observe", "daemon",
                                 "status", "ui", "doctor", "report"}
+
+
+def test_home_flag_reads_that_homes_config_file(home, logfile, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.toml").write_text("[graph]\nmax_text_bytes = 20\n")
+    # --home D reads D/config.toml (here: a 20-byte limit on texts), as MINDLOOP_HOME=D does
+    code, _, err = run(capsys, "log", "import", str(logfile), "--home", str(other))
+    assert code == 2 and "20" in err
+    code, _, err = run(capsys, "log", "import", str(logfile))  # $MINDLOOP_HOME has no such file
+    assert code == 0, err

@@ -177,32 +177,32 @@ def test_dataset_files_are_validated_by_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_steps_under_accelerate_launch_with_two_cpu_processes(tiny_lm, tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(f"""
-import json, sys
-sys.path.insert(0, {str(ROOT)!r})
-from trainer.run import TrainConfig, train
-rows = {json.dumps(ROWS)!r}
-r = train(TrainConfig(model={str(tiny_lm)!r}, batch_size=2, max_steps=2, evaluate=False), json.loads(rows),
-          home={str(tmp_path / 'home')!r}, progress=False)
-import os
-# one file per process: two processes printing to one pipe can interleave their lines
-with open(f"result-{{os.environ.get('RANK', '0')}}.json", "w") as fh:
-    json.dump([r.checkpoint, r.config["processes"]], fh)
-""")
+def test_mindloop_train_under_accelerate_launch_with_two_cpu_processes(tiny_lm, tmp_path):
+    """Both processes train (DDP over gloo); only the main one records the run and prints it."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    home = tmp_path / "home"
     # `accelerate launch --cpu --num_processes 2` starts one process unless MPI is set up (its CPU path is
     # mpirun); torchrun's launcher with ACCELERATE_USE_CPU (what --cpu sets) gives two gloo processes.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "MINDLOOP_HOME": str(home),
+           "MINDLOOP_GRAPH_EMBEDDER": "hashing", "PYTHONPATH": str(ROOT)}
     accelerate = str(Path(sys.executable).parent / "accelerate")
-    out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+    out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agents.cli", "train",
+                          "--dataset", str(data), "--model", str(tiny_lm), "--batch-size", "2", "--max-steps", "2",
+                          "--no-eval", "--json"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    results = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("result-*.json"))]
-    assert len(results) == 2 and results[0][0] == results[1][0] and results[0][1] == 2
-    store = Checkpoints(tmp_path / "home" / "checkpoints")
-    assert [m["id"] for m in store.list()] == [results[0][0]]
+    [line] = [line for line in out.stdout.splitlines() if line.startswith("{")]  # printed once
+    result = json.loads(line)
+    assert result["config"]["processes"] == 2
+    store = Checkpoints(home / "checkpoints")
+    assert [m["id"] for m in store.list()] == [result["checkpoint"]]
+    from graph import GraphConfig, HashingEmbedder, MemoryGraph
+
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        assert [r.id for r in g.nodes(kind="run")] == [result["run"]]
+        assert [c.id for c in g.nodes(kind="checkpoint")] == [result["checkpoint"]]
 
 
 def test_a_known_evaluation_of_the_parent_is_reused_only_on_the_same_probes(tiny_lm, tmp_path, monkeypatch):
