@@ -56,6 +56,8 @@ def replay(loop, tag: str, *, scope: str | None = None, max_tokens: int = 32, on
             reply = loop.run(session, req["correction"], scope=scope, max_tokens=max_tokens,
                              temperature=0.0).reply or ""
             bad = fails(req, reply)
-        loop.run(session, "Thanks, that's it." if not bad else "Never mind.", scope=scope, max_tokens=8,
+        # the user's last word, so the signal hook can judge the last reply; the model's answer to it is not
+        # judged, so one token of it is enough
+        loop.run(session, "Thanks, that's it." if not bad else "Never mind.", scope=scope, max_tokens=1,
                  temperature=0.0)
     return {"failed": dict(failed), "total": dict(total)}
