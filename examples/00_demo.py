@@ -2,8 +2,9 @@
 
     make demo                       # or: .venv/bin/python examples/00_demo.py [--home DIR]
 
-Expected runtime: about 12 minutes on 2 CPU cores (loading the models, three passes of scripted traffic, two
-training runs each evaluated before and after).
+Expected runtime: about 14 minutes on 2 CPU cores (three passes of scripted traffic, 2-4 min each; two
+training runs with their evaluations). It writes ``report.html`` into its data dir and prints how long each
+part took.
 Offline.
 
 What it shows:
