@@ -49,16 +49,20 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}, {platform.system()}"
 
 
-def render(rows: list[dict], meta: dict) -> str:
+def render(rows: list[dict], runs: list[dict]) -> str:
     by_test: dict[str, list[dict]] = {}
     for row in rows:
         by_test.setdefault(row["test"], []).append(row)
-    out = [INTRO, f"Last run: {meta['when']} on {meta['machine']}; `{meta['command']}` "
-                  f"({meta['passed']} passed in {meta['seconds']:.0f} s).\n"]
+    out = [INTRO, "The figures below come from these runs (a partial run replaces the rows of the tests it ran):\n"]
+    for n, meta in enumerate(runs, 1):
+        out.append(f"{n}. {meta['when']} on {meta['machine']}: `{meta['command']}` "
+                   f"({meta['passed']} passed in {meta['seconds']:.0f} s)")
+    out.append("")
     for module in sorted({t.split("::")[0] for t in by_test}):
         out.append(f"## {module}\n")
         for test in sorted(t for t in by_test if t.split("::")[0] == module):
-            out.append(f"### `{test.split('::', 1)[1]}`\n")
+            run = by_test[test][0].get("run")
+            out.append(f"### `{test.split('::', 1)[1]}`" + (f" (run {run})" if run else "") + "\n")
             out.append("| figure | value | note |\n|---|---|---|")
             for row in by_test[test]:
                 value = row["value"]
@@ -85,9 +89,15 @@ def main(argv: list[str]) -> int:
         for row in rows:
             print(f"  {row['test']}: {row['name']} = {row['value']} {row['note']}")
         return proc.returncode
-    old = json.loads(DATA.read_text()) if DATA.exists() else {"rows": []}
+    old = json.loads(DATA.read_text()) if DATA.exists() else {"rows": [], "runs": []}
     ran = {row["test"] for row in rows}
-    merged = [row for row in old["rows"] if row["test"] not in ran] + rows
+    kept = [row for row in old["rows"] if row["test"] not in ran]
+    # number the runs that still have rows, oldest first, then this one
+    used = sorted({row.get("run") for row in kept if row.get("run")})
+    renumber = {old_n: new_n for new_n, old_n in enumerate(used, 1)}
+    runs = [old["runs"][n - 1] for n in used]
+    kept = [{**row, "run": renumber.get(row.get("run"))} for row in kept]
+    merged = kept + [{**row, "run": len(runs) + 1} for row in rows]
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     meta = {
         "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -97,8 +107,9 @@ def main(argv: list[str]) -> int:
         "seconds": seconds,
     }
     tmp_data, tmp_page = DATA.with_suffix(".json.tmp"), PAGE.with_suffix(".md.tmp")
-    tmp_data.write_text(json.dumps({"meta": meta, "rows": merged}, indent=1) + "\n")
-    tmp_page.write_text(render(merged, meta))
+    runs.append(meta)
+    tmp_data.write_text(json.dumps({"runs": runs, "rows": merged}, indent=1) + "\n")
+    tmp_page.write_text(render(merged, runs))
     os.replace(tmp_data, DATA)
     os.replace(tmp_page, PAGE)
     print(f"wrote {PAGE.relative_to(REPO)} ({len(rows)} figures from this run, {len(merged)} in all)")
