@@ -125,7 +125,8 @@ from agents.observe import promote, rollback, sync_statuses
 import safetensors.torch
 '''
 
-# Promotes a random other checkpoint, or rolls back (40%), for ever; "ack <event> <checkpoint>" after each returns.
+# Promotes a random other checkpoint, or rolls back (half the time when something is promoted), for ever;
+# "doing <event>" before each call, "ack <event> <checkpoint>" after it returns.
 PROMOTE_WORK = '''
 def work(home, seed):
     rng = random.Random(int(seed))
@@ -135,12 +136,14 @@ def work(home, seed):
     current = sync_statuses(g, store)  # what every promotion does first: finish the one a kill interrupted
     print("ready", flush=True)
     while True:
-        if current and rng.random() < 0.4:
+        if current and rng.random() < 0.5:
             was = current["checkpoint"]
+            print("doing rollback", flush=True)
             current = rollback(g, store, reason="kill test")
             print("ack rollback", was, flush=True)
         else:
             pick = rng.choice([i for i in ids if not current or i != current["checkpoint"]])
+            print("doing promote", flush=True)
             current = promote(g, store, pick, reason="kill test")
             print("ack promote", pick, flush=True)
 '''
@@ -184,7 +187,8 @@ def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agre
     zygote = Zygote(spawn, PROMOTE_PRELOAD, PROMOTE_WORK)
     base = _seed()
     outcomes = {"in-flight event committed": 0, "pointer rolled forward": 0, "acknowledged events": 0}
-    for trial in range(TRIALS):
+    during = {"promote": 0, "rollback": 0, "between calls": 0}
+    for trial in range(2 * TRIALS):  # about TRIALS kills land in each kind of call
         seed = base + trial
         rng = random.Random(seed)
         why = f"trial {trial}, seed {seed} (rerun with MINDLOOP_RELIABILITY_SEED={base})"
@@ -194,6 +198,9 @@ def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agre
         assert code == -9, f"the worker ended with {code}; {why}\n{lines[-5:]}\n{zygote.child.stderr()}"
         acked = [tuple(line.split()[1:]) for line in lines if line.startswith("ack ")]
         outcomes["acknowledged events"] += len(acked)
+        last = next((line for line in reversed(lines) if line.startswith(("doing ", "ack "))), "")
+        during["promote" if last.startswith("doing p") else "rollback" if last.startswith("doing r")
+               else "between calls"] += 1
 
         pointer_file = store.root / "promoted.json"
         raw = json.loads(pointer_file.read_text()) if pointer_file.exists() else None
@@ -225,7 +232,9 @@ def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agre
         recovered(home, why=why)
 
     assert outcomes["acknowledged events"] >= TRIALS, outcomes
-    figures.record("SIGKILL trials", TRIALS, "promote / roll back in a loop, killed after 0-150 ms")
+    assert during["promote"] >= TRIALS // 4 and during["rollback"] >= TRIALS // 4, during
+    figures.record("SIGKILL trials", 2 * TRIALS, "promote / roll back in a loop, killed after 0-150 ms: "
+                   + ", ".join(f"{v} during {k}" if k != "between calls" else f"{v} {k}" for k, v in during.items()))
     figures.record("acknowledged events", outcomes["acknowledged events"], "every one in history, once, in order")
     figures.record("kills after the commit, before the reply", outcomes["in-flight event committed"],
                    "the event stands (history is the write-ahead log)")
