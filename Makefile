@@ -29,8 +29,10 @@ browser:
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }; }; } || \
 	  echo "note: chromium is not installed (needs root and apt-get); the UI's browser tests will skip"
 
+# Two workers (pytest-xdist), the longest tests handed out first and two at a time (tests/conftest.py): one
+# worker runs the demo while the other works through the rest. `make test PYTEST_ARGS=-n0` runs in one process.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --maxschedchunk 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/graph.py --quick

@@ -60,3 +60,16 @@ def build_tiny_lm(path, seed: int = 0):
 def tiny_lm(tmp_path_factory):
     """Path of a tiny causal LM (random weights, built locally) with a tokenizer and chat template."""
     return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+# The longest tests, started first: under `make test` (pytest-xdist, two workers) one worker runs them while
+# the other works through everything else, so the run takes about as long as the longest of them, not the sum.
+LONGEST_FIRST = ("test_examples.py::test_example_runs[00_demo.py]", "test_load.py::", "test_kill_cycle.py::",
+                 "test_examples.py::test_examples_on_the_bundled_models")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, key in enumerate(LONGEST_FIRST) if key in item.nodeid), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
