@@ -64,8 +64,9 @@ def tiny_lm(tmp_path_factory):
 
 # The longest tests, started first: under `make test` (pytest-xdist, two workers) one worker runs them while
 # the other works through everything else, so the run takes about as long as the longest of them, not the sum.
-LONGEST_FIRST = ("test_examples.py::test_example_runs[00_demo.py]", "test_load.py::", "test_kill_cycle.py::",
-                 "test_examples.py::test_examples_on_the_bundled_models")
+# xdist keeps two tests queued per worker: the one after the demo waits for it, so that one is short.
+LONGEST_FIRST = ("test_examples.py::test_example_runs[00_demo.py]", "test_examples.py::test_examples_are_numbered",
+                 "test_load.py::", "test_kill_cycle.py::", "test_examples.py::test_examples_on_the_bundled_models")
 
 
 def pytest_collection_modifyitems(config, items):
