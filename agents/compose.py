@@ -126,8 +126,16 @@ def _example_id(scope: str, pattern: str, kind: str, prompt: list[dict], complet
     return "example_" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _bucket(example_id: str) -> float:
-    return int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+def _bucket(example: Example) -> float:
+    """Where an example falls in [0, 1) for the held-out split: a hash of its content, never of its pattern.
+
+    Pattern ids are drawn at random when patterns are (re)built, so a bucket from the example id would move
+    examples between the splits whenever a pattern is rebuilt: an example held out once could be trained on
+    after, and the gate would score a run on what it learned.
+    """
+    key = json.dumps([example.scope, example.example_kind, example.prompt, example.completion], ensure_ascii=False,
+                     sort_keys=True)
+    return int(hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
 class _Builder:
@@ -244,8 +252,11 @@ def compose(graph: MemoryGraph, pattern: Pattern, *, embedder: Embedder, backend
     for turns, at in logged_push[:want_push]:
         b.add("pushback", _messages(turns[:at]), turns[at].text, "logged_pushback", [turns[at].id, turns[at + 1].id])
     kind_of = Counter(f.type for f in flags).most_common(1)[0][0]
+    # which shipped scenarios and prompts a pattern draws: by its name, which its members decide, not by its id,
+    # which is drawn at random when patterns are built: the same failure composes the same examples every time
+    draw = f"{pattern.scope}/{pattern.name}"
     scenarios = [s for s in pushback_scenarios() if s.get("pattern_hint") in (kind_of, "any")]
-    scenarios.sort(key=lambda s: hashlib.sha256(f"{pattern.id}{s['id']}".encode()).hexdigest())
+    scenarios.sort(key=lambda s: hashlib.sha256(f"{draw}{s['id']}".encode()).hexdigest())
     for s in scenarios[: max(0, want_push - len(logged_push))]:
         b.add("pushback", s["messages"], s["pushback"], f"scenario:{s['id']}", [], rejected=s.get("comply"))
 
@@ -254,7 +265,7 @@ def compose(graph: MemoryGraph, pattern: Pattern, *, embedder: Embedder, backend
     want_general = math.ceil(n_rest * config.general_ratio / (1 - config.general_ratio)) if config.general_ratio else 0
     for turns, at in logged_general[:want_general]:
         b.add("general", _messages(turns[:at]), turns[at].text, "logged_satisfied", [turns[at].id, turns[at + 1].id])
-    prompts = sorted(general_prompts(), key=lambda g: hashlib.sha256(f"{pattern.id}{g['id']}".encode()).hexdigest())
+    prompts = sorted(general_prompts(), key=lambda g: hashlib.sha256(f"{draw}{g['id']}".encode()).hexdigest())
     for g in prompts[: max(0, want_general - len(logged_general))]:
         messages = [{"role": "user", "content": g["prompt"]}]
         answer = b.generate(messages)
@@ -294,7 +305,7 @@ def _finish(graph: MemoryGraph, b: _Builder, out: Composed, store: bool) -> None
         items = fresh
     # held out per kind: the examples with the lowest hash buckets, at least one when a kind has 3 or more
     for kind in KINDS:
-        of_kind = sorted((e for e, _ in items if e.example_kind == kind), key=lambda e: _bucket(e.id))
+        of_kind = sorted((e for e, _ in items if e.example_kind == kind), key=_bucket)
         n_held = round(len(of_kind) * config.heldout_ratio)
         if config.heldout_ratio > 0 and len(of_kind) >= 3:
             n_held = max(1, n_held)

@@ -13,7 +13,7 @@ from agents.detect import Detector
 from agents.loop import ChatLoop
 from agents.patterns import describe, join_pattern, resolve_pattern, update_patterns
 from agents.signal import SignalAgent, SignalConfig, flag_id
-from graph import Flag, HashingEmbedder, InvalidRecord, InvalidText, NodeNotFound, Run
+from graph import Flag, HashingEmbedder, Pattern, InvalidRecord, InvalidText, NodeNotFound, Run
 from graph.conversations import import_conversations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +198,27 @@ def test_compose_builds_balanced_traceable_examples(graph, agent, detector, tmp_
     compose(graph, pattern, embedder=detector.embedder, backend=model, detector=detector,
             config=ComposeConfig(heldout_ratio=0.25))
     assert len(graph.nodes(kind="example")) == n_examples
+
+
+def test_a_rebuilt_pattern_composes_the_same_examples_and_split(graph, agent, detector):
+    # pattern ids are random: rebuilding the patterns must not move held-out examples into training
+    pattern = _pattern(graph, agent, detector)
+    model = ScriptedBackend(lambda messages: f"Done as asked ({len(messages)} messages).")
+    config = ComposeConfig(heldout_ratio=0.25)
+    first = compose(graph, pattern, embedder=detector.embedder, backend=model, detector=detector, config=config,
+                    store=False)
+    twin = Pattern(scope=pattern.scope, name=pattern.name, description=pattern.description)
+    members = [e.src for e in graph.edges(pattern.id, kinds=["member_of"], direction="in")]
+    graph.add(twin, [(m, twin.id, "member_of") for m in members])
+    second = compose(graph, twin, embedder=detector.embedder, backend=model, detector=detector, config=config,
+                     store=False)
+
+    def content(made):
+        return sorted((e.example_kind, json.dumps(e.prompt), e.completion, e.split) for e in made.examples)
+
+    assert twin.id != pattern.id and {e.pattern for e in second.examples} == {twin.id}
+    assert content(first) == content(second)
+    assert {"train", "heldout"} <= {e.split for e in first.examples}
 
 
 def test_compose_skips_examples_already_trained_on_and_drops_duplicates(graph, agent, detector):
