@@ -42,20 +42,28 @@ def test_example_runs(path, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     text = " ".join(out.stdout.split())  # rich wraps at the terminal width
     if path.name == "00_demo.py":
-        assert "searching for it again finds 0 of them" in text
-        assert "ClickHouse" in text  # bob's scope answers bob's question
-        assert "signal: this turn corrects the previous reply" in text
-        assert "pattern pattern_" in text and "unwanted alternatives" in text
-        assert "compose --pattern" in text and "accept" in text and "pushback" in text and "general" in text
+        # what the demo decided, shown when a phrase is missing: its outcome can differ from machine to machine
+        decisions = "\n".join(line for line in out.stdout.splitlines() if re.search(
+            r"scheduler|gate|ok  |FAIL|replayed|ALERT|rolled|watch|rose|error|Error", line))[-6000:]
+
+        def shows(*phrases: str) -> None:
+            missing = [p for p in phrases if p not in text]
+            assert not missing, f"the demo did not print {missing}; what it decided:\n{decisions}\n{out.stderr[-2000:]}"
+
+        shows("searching for it again finds 0 of them")
+        shows("ClickHouse")  # bob's scope answers bob's question
+        shows("signal: this turn corrects the previous reply")
+        shows("pattern pattern_", "unwanted alternatives")
+        shows("compose --pattern", "accept", "pushback", "general")
         # the scheduler's cycle: ripe -> compose -> train -> gate -> promote -> watch -> verdict
-        assert "scheduler: pattern pattern_" in text and "is ripe" in text and "scheduler: training run_" in text
-        assert "target mean margin" in text and "perplexity" in text and "scheduler: gate ok" in text
-        assert "scheduler: promoted ckpt_" in text and "scheduler: watch verdict for ckpt_" in text
-        assert "surface-observe: ckpt_" in text
+        shows("scheduler: pattern pattern_", "is ripe", "scheduler: training run_")
+        shows("target mean margin", "perplexity", "scheduler: gate ok")
+        shows("scheduler: promoted ckpt_", "scheduler: watch verdict for ckpt_")
+        shows("surface-observe: ckpt_")
         # the over-trained checkpoint: the gate objects, the operator promotes it, the watch rolls it back
-        assert "gate: REJECT" in text and "FAIL perplexity" in text
-        assert "ALERT alert_" in text and "rolled back: rolled back to ckpt_" in text
-        assert "mindloop ui --home" in text
+        shows("gate: REJECT", "FAIL perplexity")
+        shows("ALERT alert_", "rolled back: rolled back to ckpt_")
+        shows("mindloop ui --home")
     else:
         assert "neighbours of the correction: True" in text
 
