@@ -32,6 +32,19 @@ from __future__ import annotations
 __all__ = ["frozen_batch_loss", "frozen_response_logits", "frozen_response_loss", "ordinary_response_loss"]
 
 
+def _context_cache(model, **inputs):
+    """Run the context without gradient; its keys and values. Its logits are never read, so only one is computed
+    where the model takes ``logits_to_keep``: SmolLM2's 49k-word head is a fifth of a forward's multiply-adds."""
+    import torch
+
+    with torch.no_grad():
+        try:
+            out = model(**inputs, use_cache=True, logits_to_keep=1)
+        except TypeError:  # a model without logits_to_keep
+            out = model(**inputs, use_cache=True)
+    return out.past_key_values
+
+
 def frozen_response_logits(model, prompt_ids, response_ids):
     """Logits ``[batch, len(response), vocab]`` predicting each response token, the prompt run without gradient.
 
@@ -43,10 +56,7 @@ def frozen_response_logits(model, prompt_ids, response_ids):
         raise ValueError("the prompt and the response need at least one token each")
     context = prompt_ids[:, :-1]
     live = torch.cat([prompt_ids[:, -1:], response_ids[:, :-1]], dim=1)
-    past = None
-    if context.shape[1]:
-        with torch.no_grad():
-            past = model(input_ids=context, use_cache=True).past_key_values
+    past = _context_cache(model, input_ids=context) if context.shape[1] else None
     return model(input_ids=live, past_key_values=past, use_cache=past is not None).logits
 
 
@@ -107,10 +117,8 @@ def frozen_batch_loss(model, prompts, responses, pad_id: int = 0):
     live_pos = lengths + torch.arange(ll, device=device)[None]
     past = None
     if lc:
-        with torch.no_grad():
-            ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
-            past = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos,
-                         use_cache=True).past_key_values
+        ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
+        past = _context_cache(model, input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos)
     mask = torch.cat([ctx_mask, live_mask], dim=1) if lc else live_mask
     logits = model(input_ids=live_ids, attention_mask=mask, position_ids=live_pos, past_key_values=past,
                    use_cache=past is not None).logits

@@ -50,6 +50,19 @@ def test_response_logits_equal_the_ordinary_forward(model):
     assert torch.allclose(frozen_response_logits(model, prompt, response), full, atol=1e-5)
 
 
+def test_the_context_forward_computes_no_logits_it_does_not_read(model):
+    # the context's logits are never read: the LM head sees one context position, then the live part
+    prompt, response = _ids(prompt=40, response=5)
+    seen = []
+    head = model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape[1]))
+    try:
+        frozen_response_logits(model, prompt, response)
+    finally:
+        handle.remove()
+    assert seen == [1, response.shape[1]]
+
+
 def test_gradient_equals_the_ordinary_gradient_with_the_context_detached(model):
     prompt, response = _ids(1)
     frozen_response_loss(model, prompt, response).backward()
