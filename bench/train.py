@@ -126,27 +126,41 @@ def _load():
 
     torch.manual_seed(0)
     model, tok = load_model("bundled", device="cpu", dtype=torch.float32)
+    # the de-quantized cache (trainer.model.bundled_cache) is memory-mapped: its pages would fault in during the
+    # first step and count as the step's memory. Copies in ordinary memory belong to the baseline.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
     return model, tok
 
 
 # -- worker 1: one (length, loss) pair in a fresh process -------------------------
 
 
-def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int) -> dict:
+def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, method: str = "full") -> dict:
     import torch
 
     from trainer.frozen import frozen_response_loss, ordinary_response_loss
 
     model, _ = _load()
+    if method == "lora":  # what `mindloop train` does by default: TrainConfig's rank, alpha and target modules
+        from peft import LoraConfig, get_peft_model
+
+        from trainer.run import TrainConfig
+
+        cfg = TrainConfig()
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
     model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
     gen = torch.Generator().manual_seed(prompt_len * 1000 + response_len)
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (1, prompt_len), generator=gen)
     response = torch.randint(0, vocab, (1, response_len), generator=gen)
     loss_fn = frozen_response_loss if mode == "frozen" else ordinary_response_loss
-    grad_kb = sum(p.numel() * p.element_size() for p in model.parameters()) // 1024
+    grad_kb = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) // 1024
 
     cpu: list[float] = []
 
@@ -166,7 +180,7 @@ def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int) -
     times = [step() for _ in range(steps)]
     step_peak_kb = _status_kb("VmHWM") - warm_kb
     peak_kb = max(peak_kb, _status_kb("VmHWM") - base_kb)
-    return {"mode": mode, "prompt": prompt_len, "response": response_len, "warmup_s": round(warm, 3),
+    return {"mode": mode, "method": method, "prompt": prompt_len, "response": response_len, "warmup_s": round(warm, 3),
             "step_s": [round(t, 4) for t in times], "median_s": round(statistics.median(times), 4),
             "cpu_per_wall": round(statistics.median(cpu[1:]), 2),
             "peak_mb": round(peak_kb / 1024, 1), "grads_mb": round(grad_kb / 1024, 1),
@@ -284,14 +298,14 @@ def _spawn(*worker_args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_backprop(steps: int) -> dict:
+def bench_backprop(steps: int, lengths=LENGTHS, method: str = "full") -> dict:
     out = {}
-    for p, r in LENGTHS:
+    for p, r in lengths:
         pair = {}
         for mode in ("ordinary", "frozen"):
             t = time.perf_counter()
-            pair[mode] = _spawn("backprop", mode, str(p), str(r), str(steps))
-            _say(f"[backprop {p}/{r}] {mode}: median {pair[mode]['median_s']:.3f}s/step, "
+            pair[mode] = _spawn("backprop", mode, str(p), str(r), str(steps), method)
+            _say(f"[backprop {p}/{r} {method}] {mode}: median {pair[mode]['median_s']:.3f}s/step, "
                  f"peak +{pair[mode]['peak_mb']:.0f} MB ({time.perf_counter() - t:.0f}s)")
         o, f = pair["ordinary"], pair["frozen"]
         out[f"{p}/{r}"] = {
@@ -398,6 +412,11 @@ def _table(r: dict) -> str:
                      f"{v['ordinary_peak_mb']:.0f}", f"{v['frozen_peak_mb']:.0f}", f"{v['mem_ratio']:.2f}x",
                      f"{v['mem_ratio_without_grads']:.2f}x",
                      f"{v['ordinary_cpu_per_wall']:.2f}/{v['frozen_cpu_per_wall']:.2f}"))
+    v = r["lora_1024"]
+    rows.append(("1024/64 LoRA", f"{v['ordinary_s']:.3f}", f"{v['frozen_s']:.3f}", f"{v['speedup']:.2f}x",
+                 f"{v['ordinary_peak_mb']:.0f}", f"{v['frozen_peak_mb']:.0f}", f"{v['mem_ratio']:.2f}x",
+                 f"{v['mem_ratio_without_grads']:.2f}x",
+                 f"{v['ordinary_cpu_per_wall']:.2f}/{v['frozen_cpu_per_wall']:.2f}"))
     w = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines += ["  ".join(c.rjust(x) for c, x in zip(row, w)) for row in rows]
     lines.append("")
@@ -441,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:  # a measurement in this fresh process; one JSON line on stdout
         kind, rest = argv[1], argv[2:]
         if kind == "backprop":
-            res = worker_backprop(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+            res = worker_backprop(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), rest[4])
         else:
             res = worker_sft(rest[0], int(rest[1]))
         print(json.dumps(res))
@@ -473,6 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         v = lengths[f"{p}/{r}"]
         result[f"frozen_speedup_{p}"] = v["speedup"]
         result[f"frozen_mem_ratio_{p}"] = v["mem_ratio"]
+    # the same at 1024/64 with LoRA, the default method: the weights' gradients, the same for both losses and
+    # most of the frozen peak with full weights, shrink to the adapter's
+    lora = bench_backprop(steps, [(1024, 64)], "lora")["1024/64"]
+    result["lora_1024"] = lora
+    result["frozen_speedup_1024_lora"] = lora["speedup"]
+    result["frozen_mem_ratio_1024_lora"] = lora["mem_ratio"]
     result.update(bench_sft(max_steps, rounds))
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     result["load_avg_1m"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
