@@ -11,13 +11,16 @@ Two measurements, in one run:
    one warm-up step, the median of the measured steps is reported, and the
    ratios ordinary / frozen (higher is better). Targets at 1024/64: >= 4x
    faster (``frozen_speedup_1024``) and >= 3x less peak memory
-   (``frozen_mem_ratio_1024``).
+   (``frozen_mem_ratio_1024``). The 1024/64 pair runs again with LoRA, the
+   default method of ``mindloop train`` (``frozen_speedup_1024_lora``,
+   ``frozen_mem_ratio_1024_lora``).
 
    **Peak memory** is the resident set of a fresh process: every
    (length, loss) pair runs in its own subprocess, which loads the model,
    builds the ids, runs ``gc.collect()`` and glibc's ``malloc_trim(0)`` (so
    memory freed while loading is handed back and cannot hide the step's own
-   growth), reads ``VmRSS`` as the baseline, then resets the kernel's
+   growth; the weights are first copied out of the memory-mapped model cache,
+   whose page-ins would otherwise count as the first step's), reads ``VmRSS`` as the baseline, then resets the kernel's
    high-water mark (writing ``5`` to ``/proc/self/clear_refs``, Linux >= 4.0)
    so the model load's own peak does not count. After the warm-up and the
    measured steps it reads ``VmHWM``: peak memory = ``VmHWM - baseline``,
