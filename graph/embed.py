@@ -29,7 +29,13 @@ import numpy as np
 
 from graph.errors import GraphError
 
-__all__ = ["Embedder", "HashingEmbedder", "MiniLMEmbedder", "make_embedder", "minilm_path"]
+__all__ = ["HEAVY_IMPORTS", "Embedder", "HashingEmbedder", "MiniLMEmbedder", "make_embedder", "minilm_path"]
+
+# Held while importing transformers (or sentence-transformers, which imports it) for the first time. transformers 5
+# resolves its names lazily, and a thread that asks for one while another thread is still running the package's
+# first import gets "cannot import name ..." (seen here: the graph's worker loading MiniLM while the main thread
+# loaded the chat model). Whoever imports it first holds this lock; the layers above import it from here.
+HEAVY_IMPORTS = threading.RLock()
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ class MiniLMEmbedder(Embedder):
     @property
     def model(self):
         """The ``SentenceTransformer``, loaded on first use (imports torch)."""
-        with self._lock:
+        with self._lock, HEAVY_IMPORTS:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

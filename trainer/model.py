@@ -77,7 +77,10 @@ def _cache_bundled(model, tokenizer, target: Path) -> None:
 
 
 def _pretrained(source: str, dtype, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from graph.embed import HEAVY_IMPORTS
+
+    with HEAVY_IMPORTS:  # the graph's worker may be importing transformers for MiniLM right now
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = None
