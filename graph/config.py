@@ -82,6 +82,11 @@ class GraphConfig:
         default=1.0,
         metadata={"help": "seconds between checks for nodes other processes wrote; 0 = only on our own writes"},
     )
+    embed_nice: int = field(
+        default=10,
+        metadata={"help": "scheduling niceness of the embedding worker thread (Linux; 0 = as the caller): "
+                          "logging and searching callers get the CPUs first"},
+    )
     search_k: int = field(default=10, metadata={"help": "hits returned by search"})
     search_candidates: int = field(
         default=20, metadata={"help": "candidates taken from each signal (vector, lexical) before fusion"}
@@ -106,6 +111,8 @@ class GraphConfig:
         for name in ("max_text_bytes", "embed_max_chars", "embed_batch", "search_k", "search_candidates", "rrf_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"graph.{name} must be at least 1, got {getattr(self, name)!r}")
+        if not 0 <= self.embed_nice <= 19:
+            raise ConfigError(f"graph.embed_nice must be between 0 and 19, got {self.embed_nice!r}")
         if self.search_hops < 0 or self.search_expand_from < 0 or self.embed_poll_s < 0:
             raise ConfigError("graph.search_hops, search_expand_from and embed_poll_s must not be negative")
         from graph.records import EdgeKind

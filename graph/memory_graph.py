@@ -120,7 +120,7 @@ class MemoryGraph:
             self.reconcile()
         self.worker = EmbedWorker(store, lambda: self.index, embedder, batch=self.config.embed_batch,
                                   poll_s=self.config.embed_poll_s, max_chars=self.config.embed_max_chars,
-                                  since_seq=seen)
+                                  since_seq=seen, nice=self.config.embed_nice)
         self.worker.notify()
         self._closed = False
 

@@ -18,6 +18,7 @@ takes the caller down and never loses the node (it stays pending).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable
@@ -37,13 +38,15 @@ class EmbedWorker:
     DELETIONS_PER_STEP = 10_000
 
     def __init__(self, store: Store, get_index: Callable[[], VectorIndex | None], embedder: Embedder, *,
-                 batch: int = 128, poll_s: float = 1.0, max_chars: int = 4096, since_seq: int = 0) -> None:
+                 batch: int = 128, poll_s: float = 1.0, max_chars: int = 4096, since_seq: int = 0,
+                 nice: int = 0) -> None:
         self.store = store
         self.get_index = get_index
         self.embedder = embedder
         self.batch = batch
         self.poll_s = poll_s
         self.max_chars = max_chars
+        self.nice = nice
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -58,7 +61,20 @@ class EmbedWorker:
     def notify(self) -> None:
         self._wake.set()
 
+    def _lower_priority(self) -> None:
+        """Run this thread ``nice`` steps below its process, so that the caller's commits and searches get
+        the CPUs first. Linux schedules threads one by one, and the threads torch starts from here inherit
+        it; elsewhere (or without permission) this does nothing."""
+        if self.nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError as e:
+            log.info("embedding worker keeps its priority: %s", e)
+
     def _run(self) -> None:
+        self._lower_priority()
         while not self._stop:
             self._wake.wait(timeout=self.poll_s if self.poll_s > 0 else None)
             self._wake.clear()

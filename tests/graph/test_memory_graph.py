@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -388,6 +391,28 @@ def test_changed_text_is_re_embedded(graph):
     assert graph.flush()
     q = graph.embedder.embed(["prefers tabs"])[0]
     assert graph.index.query("default", q, 1)[0] == (m.id, pytest.approx(1.0, abs=1e-5))
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a Linux feature")
+@pytest.mark.parametrize("nice", [10, 0])
+def test_the_worker_embeds_below_the_callers_priority(config, nice):
+    # the caller's commits and searches get the CPUs first; the worker's own torch threads inherit its niceness
+    seen = []
+
+    class Recording(HashingEmbedder):
+        def embed(self, texts):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().embed(texts)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    g = MemoryGraph.open(dataclasses.replace(config, embed_nice=nice), embedder=Recording())
+    try:
+        g.add(Memory(text="prefers spaces"))
+        assert g.flush()
+    finally:
+        g.close()
+    assert seen and set(seen) == {min(19, mine + nice)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller's own is untouched
 
 
 def test_embedding_failure_is_retried_not_lost(config):
