@@ -36,10 +36,12 @@ def fails(request: dict, reply: str) -> bool:
     return not ok
 
 
-def replay(loop, tag: str, *, scope: str | None = None, max_tokens: int = 32, on_reply=None) -> dict:
-    """Run every scripted request through ``loop`` in its own session; returns failures by kind."""
+def replay(loop, tag: str, *, scope: str | None = None, max_tokens: int = 32, on_reply=None,
+           limit: int | None = None) -> dict:
+    """Run the scripted requests (the first ``limit`` of them, or all) through ``loop``, each in its own session;
+    returns failures by kind."""
     failed, total = Counter(), Counter()
-    for req in requests():
+    for req in requests()[:limit]:
         session = f"replay-{tag}-{req['id']}"
         result = loop.run(session, req["user"], scope=scope, max_tokens=max_tokens, temperature=0.0)
         reply = result.reply or ""

@@ -31,7 +31,7 @@ def test_examples_are_numbered_and_documented():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # the demo trains twice and replays 48 requests three times: about 18 min on 2 cores
+@pytest.mark.timeout(1800)  # the demo trains twice and replays 40 requests three times: about 15 min on 2 cores
 @pytest.mark.parametrize("path", BASICS, ids=lambda p: p.name)
 def test_example_runs(path, tmp_path):
     args = [sys.executable, str(path)]
