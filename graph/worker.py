@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Callable
@@ -65,7 +66,7 @@ class EmbedWorker:
         """Run this thread ``nice`` steps below its process, so that the caller's commits and searches get
         the CPUs first. Linux schedules threads one by one, and the threads torch starts from here inherit
         it; elsewhere (or without permission) this does nothing."""
-        if self.nice <= 0 or not hasattr(os, "setpriority"):
+        if self.nice <= 0 or not sys.platform.startswith("linux"):  # elsewhere a thread id is no process id
             return
         try:
             tid = threading.get_native_id()
