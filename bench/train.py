@@ -13,7 +13,13 @@ Two measurements, in one run:
    faster (``frozen_speedup_1024``) and >= 3x less peak memory
    (``frozen_mem_ratio_1024``). The 1024/64 pair runs again with LoRA, the
    default method of ``mindloop train`` (``frozen_speedup_1024_lora``,
-   ``frozen_mem_ratio_1024_lora``).
+   ``frozen_mem_ratio_1024_lora``). "Frozen" is the step as ``mindloop train``
+   runs it: its context dtype ``auto`` runs the no-grad context pass under
+   bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16 or AMX), in
+   float32 elsewhere; the response part runs in float32 either way. The
+   frozen step with the context in float32 (``context_dtype="model"``, logits
+   equal to the ordinary forward's) is measured too: ``speedup_exact``,
+   ``frozen_speedup_1024_exact``.
 
    **Peak memory** is the resident set of a fresh process: every
    (length, loss) pair runs in its own subprocess, which loads the model,
@@ -54,7 +60,7 @@ Two measurements, in one run:
 
 Commands (from the repository root):
 
-    .venv/bin/python bench/train.py --quick          # ~4 min on 2 CPU cores: 3 measured steps, 1 SFT round
+    .venv/bin/python bench/train.py --quick          # ~5 min on 2 CPU cores: 3 measured steps, 1 SFT round
     .venv/bin/python bench/train.py                  # ~10 min on 2 CPU cores: 5 measured steps, 4 SFT rounds
     .venv/bin/python bench/train.py --quick --json   # one JSON object on stdout; progress goes to stderr
 
@@ -143,7 +149,7 @@ def _load():
 def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, method: str = "full") -> dict:
     import torch
 
-    from trainer.frozen import frozen_response_loss, ordinary_response_loss
+    from trainer.frozen import frozen_response_loss, ordinary_response_loss, resolve_context_dtype
 
     model, _ = _load()
     if method == "lora":  # what `mindloop train` does by default: TrainConfig's rank, alpha and target modules
@@ -162,14 +168,21 @@ def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, m
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (1, prompt_len), generator=gen)
     response = torch.randint(0, vocab, (1, response_len), generator=gen)
-    loss_fn = frozen_response_loss if mode == "frozen" else ordinary_response_loss
+    # "frozen": as `mindloop train` runs it (context dtype "auto": bfloat16 on a CPU with native bfloat16);
+    # "frozen_exact": the context in the model's float32, logits equal to the ordinary forward's
+    ctx_dtype = resolve_context_dtype(model, "auto" if mode == "frozen" else "model")
+
+    def loss_fn(*a):
+        if mode == "ordinary":
+            return ordinary_response_loss(model, *a)
+        return frozen_response_loss(model, *a, context_dtype=ctx_dtype)
     grad_kb = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) // 1024
 
     cpu: list[float] = []
 
     def step() -> float:
         t, c = time.perf_counter(), time.process_time()
-        loss = loss_fn(model, prompt, response)
+        loss = loss_fn(prompt, response)
         loss.backward()
         dt = time.perf_counter() - t
         cpu.append((time.process_time() - c) / dt)
@@ -183,7 +196,8 @@ def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, m
     times = [step() for _ in range(steps)]
     step_peak_kb = _status_kb("VmHWM") - warm_kb
     peak_kb = max(peak_kb, _status_kb("VmHWM") - base_kb)
-    return {"mode": mode, "method": method, "prompt": prompt_len, "response": response_len, "warmup_s": round(warm, 3),
+    return {"mode": mode, "method": method, "context_dtype": str(ctx_dtype).removeprefix("torch."),
+            "prompt": prompt_len, "response": response_len, "warmup_s": round(warm, 3),
             "step_s": [round(t, 4) for t in times], "median_s": round(statistics.median(times), 4),
             "cpu_per_wall": round(statistics.median(cpu[1:]), 2),
             "peak_mb": round(peak_kb / 1024, 1), "grads_mb": round(grad_kb / 1024, 1),
@@ -305,15 +319,17 @@ def bench_backprop(steps: int, lengths=LENGTHS, method: str = "full") -> dict:
     out = {}
     for p, r in lengths:
         pair = {}
-        for mode in ("ordinary", "frozen"):
+        for mode in ("ordinary", "frozen", "frozen_exact"):
             t = time.perf_counter()
             pair[mode] = _spawn("backprop", mode, str(p), str(r), str(steps), method)
             _say(f"[backprop {p}/{r} {method}] {mode}: median {pair[mode]['median_s']:.3f}s/step, "
                  f"peak +{pair[mode]['peak_mb']:.0f} MB ({time.perf_counter() - t:.0f}s)")
-        o, f = pair["ordinary"], pair["frozen"]
+        o, f, e = pair["ordinary"], pair["frozen"], pair["frozen_exact"]
         out[f"{p}/{r}"] = {
             "ordinary_s": o["median_s"], "frozen_s": f["median_s"],
-            "speedup": round(o["median_s"] / f["median_s"], 3),
+            "speedup": round(o["median_s"] / f["median_s"], 3), "context_dtype": f["context_dtype"],
+            "frozen_exact_s": e["median_s"], "speedup_exact": round(o["median_s"] / e["median_s"], 3),
+            "frozen_exact_peak_mb": e["peak_mb"], "mem_ratio_exact": round(o["peak_mb"] / e["peak_mb"], 3),
             "ordinary_peak_mb": o["peak_mb"], "frozen_peak_mb": f["peak_mb"],
             "mem_ratio": round(o["peak_mb"] / f["peak_mb"], 3),
             "ordinary_peak_without_grads_mb": o["peak_without_grads_mb"],
@@ -407,19 +423,17 @@ def _table(r: dict) -> str:
     lines.append("")
     lines.append(f"1. response-only backprop, bundled SmolLM2-135M float32, batch 1, median of "
                  f"{r['backprop_steps']} steps after 1 warm-up; peak = RSS high-water mark above the loaded model")
-    head = ("prompt/resp", "ordinary s", "frozen s", "speedup", "ordinary MB", "frozen MB", "mem ratio",
-            "w/o grads", "CPU/wall")
+    lines.append(f"   frozen: as `mindloop train` runs it, the context pass in {r['context_dtype']} (context dtype auto); "
+                 "exact: the context pass in float32")
+    head = ("prompt/resp", "ordinary s", "frozen s", "speedup", "exact s", "speedup", "ordinary MB", "frozen MB",
+            "mem ratio", "w/o grads", "CPU/wall")
     rows = [head]
-    for k, v in r["lengths"].items():
+    for k, v in [*r["lengths"].items(), ("1024/64 LoRA", r["lora_1024"])]:
         rows.append((k, f"{v['ordinary_s']:.3f}", f"{v['frozen_s']:.3f}", f"{v['speedup']:.2f}x",
+                     f"{v['frozen_exact_s']:.3f}", f"{v['speedup_exact']:.2f}x",
                      f"{v['ordinary_peak_mb']:.0f}", f"{v['frozen_peak_mb']:.0f}", f"{v['mem_ratio']:.2f}x",
                      f"{v['mem_ratio_without_grads']:.2f}x",
                      f"{v['ordinary_cpu_per_wall']:.2f}/{v['frozen_cpu_per_wall']:.2f}"))
-    v = r["lora_1024"]
-    rows.append(("1024/64 LoRA", f"{v['ordinary_s']:.3f}", f"{v['frozen_s']:.3f}", f"{v['speedup']:.2f}x",
-                 f"{v['ordinary_peak_mb']:.0f}", f"{v['frozen_peak_mb']:.0f}", f"{v['mem_ratio']:.2f}x",
-                 f"{v['mem_ratio_without_grads']:.2f}x",
-                 f"{v['ordinary_cpu_per_wall']:.2f}/{v['frozen_cpu_per_wall']:.2f}"))
     w = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines += ["  ".join(c.rjust(x) for c, x in zip(row, w)) for row in rows]
     lines.append("")
@@ -437,6 +451,7 @@ def _table(r: dict) -> str:
     t = [("metric", "value", "target", "met?"),
          ("frozen_speedup_1024 (ordinary / frozen time)", f"{r['frozen_speedup_1024']:.2f}", ">= 4",
           _met("frozen_speedup_1024", r["frozen_speedup_1024"])),
+         ("  same, the context pass in float32 (exact)", f"{r['frozen_speedup_1024_exact']:.2f}", "", ""),
          ("frozen_mem_ratio_1024 (ordinary / frozen peak)", f"{r['frozen_mem_ratio_1024']:.2f}", ">= 3",
           _met("frozen_mem_ratio_1024", r["frozen_mem_ratio_1024"])),
          ("sft_vs_trl_time_ratio (ours / TRL)", f"{r['sft_vs_trl_time_ratio']:.3f}", "<= 1.1",
@@ -494,12 +509,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p, r in LENGTHS:
         v = lengths[f"{p}/{r}"]
         result[f"frozen_speedup_{p}"] = v["speedup"]
+        result[f"frozen_speedup_{p}_exact"] = v["speedup_exact"]
         result[f"frozen_mem_ratio_{p}"] = v["mem_ratio"]
     # the same at 1024/64 with LoRA, the default method: the weights' gradients, the same for both losses and
     # most of the frozen peak with full weights, shrink to the adapter's
     lora = bench_backprop(steps, [(1024, 64)], "lora")["1024/64"]
     result["lora_1024"] = lora
     result["frozen_speedup_1024_lora"] = lora["speedup"]
+    result["frozen_speedup_1024_lora_exact"] = lora["speedup_exact"]
+    result["context_dtype"] = lora["context_dtype"]
     result["frozen_mem_ratio_1024_lora"] = lora["mem_ratio"]
     result.update(bench_sft(max_steps, rounds))
     result["wall_s"] = round(time.perf_counter() - t_start, 1)

@@ -34,7 +34,7 @@ from trainer.checkpoints import Checkpoints
 from trainer.data import OBJECTIVES, check_lengths, data_hash
 from trainer.errors import InvalidDataset, TrainerError
 from trainer.evaluate import Probe, builtin_probes, evaluate, probes_digest, steering_direction
-from trainer.frozen import frozen_batch_loss
+from trainer.frozen import CONTEXT_DTYPES, frozen_batch_loss, resolve_context_dtype
 from trainer.model import check_chat_template, load_model, model_name
 
 __all__ = ["TrainConfig", "TrainResult", "train", "record_run", "recover_runs", "result_from_disk"]
@@ -54,6 +54,9 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
     context_frozen: bool = field(default=True, metadata={
         "help": "sft only: run the prompt without gradient and backpropagate through the response only"})
+    context_dtype: str = field(default="auto", metadata={
+        "help": "dtype of the context-frozen prompt pass: auto (bfloat16 for a float32 model on a CPU with native "
+                "bfloat16, else the model's) | model (exact) | bfloat16"})
     model: str = field(default="bundled", metadata={"help": "'bundled' (SmolLM2-135M-Instruct), a model id or path"})
     batch_size: int = field(default=4, metadata={"help": "examples per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "steps accumulated per optimizer update"})
@@ -73,6 +76,9 @@ class TrainConfig:
             raise InvalidDataset(f"method must be 'lora' or 'full', got {self.method!r}")
         if self.optimizer not in ("adamw", "apollo"):
             raise InvalidDataset(f"optimizer must be 'adamw' or 'apollo', got {self.optimizer!r}")
+        if self.context_dtype not in CONTEXT_DTYPES:
+            raise InvalidDataset(f"context dtype must be one of {', '.join(CONTEXT_DTYPES)}, "
+                                 f"got {self.context_dtype!r}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise InvalidDataset(f"lr must be between 0 and 1, got {self.lr}")
         if self.epochs <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
@@ -124,9 +130,10 @@ def _sft_trainer_class():
     class ContextFrozenSFTTrainer(SFTTrainer):
         """TRL's SFTTrainer with the context-frozen response loss (:func:`trainer.frozen.frozen_batch_loss`)."""
 
-        def __init__(self, *args, context_frozen: bool = True, **kw) -> None:
+        def __init__(self, *args, context_frozen: bool = True, context_dtype: str = "auto", **kw) -> None:
             super().__init__(*args, **kw)
             self.context_frozen = context_frozen
+            self.context_dtype = context_dtype
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self.context_frozen:
@@ -145,7 +152,8 @@ def _sft_trainer_class():
                 prompts.append(row[:start])
                 responses.append(row[start:][lab[start:] != -100])
             pad = self.processing_class.pad_token_id or 0
-            total, n = frozen_batch_loss(model, prompts, responses, pad_id=pad)
+            total, n = frozen_batch_loss(model, prompts, responses, pad_id=pad,
+                                         context_dtype=resolve_context_dtype(model, self.context_dtype))
             denom = num_items_in_batch if num_items_in_batch is not None else n
             loss = total / max(int(denom), 1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -259,7 +267,9 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
     run_dir = home / "runs" / run_id
     checkpoint_id = "ckpt_" + run_id.removeprefix("run_")
     digest = data_hash(rows)
+    used = resolve_context_dtype(model, config.context_dtype) if config.frozen else None
     cfg = {**asdict(config), "learning_rate": config.learning_rate, "context_frozen": config.frozen,
+           "context_dtype_used": str(used or next(model.parameters()).dtype).removeprefix("torch."),
            "examples": len(rows), "data_hash": digest, "parent": parent, "processes": state.num_processes,
            **(tags or {})}
     if main:
@@ -359,7 +369,8 @@ def _build_trainer(config: TrainConfig, model, tok, rows, run_dir: Path, progres
 
         args = SFTConfig(**common, completion_only_loss=True)
         return _sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
-                                    peft_config=peft_config, callbacks=callbacks, context_frozen=config.frozen)
+                                    peft_config=peft_config, callbacks=callbacks, context_frozen=config.frozen,
+                                    context_dtype=config.context_dtype)
     if config.objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 

@@ -133,3 +133,54 @@ def test_batched_frozen_loss_equals_the_per_example_losses(model):
     each.backward()
     for name, g in _grads(model).items():
         assert torch.allclose(batched[name], g, atol=1e-5, rtol=1e-3), name
+
+
+# -- the context pass in bfloat16 ----------------------------------------------------------------------------------
+
+
+def test_the_context_dtype_setting_resolves_by_model_and_cpu(model, monkeypatch):
+    import trainer.frozen as frozen
+
+    assert frozen.resolve_context_dtype(model, "model") is None
+    assert frozen.resolve_context_dtype(model, "bfloat16") is torch.bfloat16
+    monkeypatch.setattr(frozen, "_cpu_has_native_bf16", lambda: True)
+    assert frozen.resolve_context_dtype(model, "auto") is torch.bfloat16
+    monkeypatch.setattr(frozen, "_cpu_has_native_bf16", lambda: False)
+    assert frozen.resolve_context_dtype(model, "auto") is None  # emulated bfloat16 would be slower than float32
+    half = model.to(torch.bfloat16)
+    assert frozen.resolve_context_dtype(half, "bfloat16") is None  # already bfloat16: nothing to cast
+    with pytest.raises(ValueError, match="context dtype must be one of auto, model, bfloat16"):
+        frozen.resolve_context_dtype(model, "fp8")
+
+
+def test_a_bfloat16_context_gives_a_float32_cache_and_nearly_the_exact_logits(model):
+    from trainer.frozen import _context_cache
+
+    prompt, response = _ids(4, prompt=24)
+    past = _context_cache(model, torch.bfloat16, input_ids=prompt[:, :-1])
+    assert {layer.keys.dtype for layer in past.layers} == {layer.values.dtype for layer in past.layers} == {
+        torch.float32}
+    exact = frozen_response_logits(model, prompt, response)
+    approx = frozen_response_logits(model, prompt, response, context_dtype=torch.bfloat16)
+    assert approx.dtype == torch.float32
+    assert not torch.equal(approx, exact)  # the context really ran in bfloat16
+    assert torch.allclose(approx, exact, atol=2e-3), (approx - exact).abs().max()
+
+
+def test_a_bfloat16_context_keeps_the_gradient_and_the_batched_loss(model):
+    from trainer.frozen import frozen_batch_loss
+
+    prompt, response = _ids(5, prompt=20)
+    frozen_response_loss(model, prompt, response).backward()
+    exact = _grads(model)
+    model.zero_grad()
+    frozen_response_loss(model, prompt, response, context_dtype=torch.bfloat16).backward()
+    approx = _grads(model)
+    model.zero_grad()
+    flat = torch.cat([exact[n].flatten() for n in exact]), torch.cat([approx[n].flatten() for n in exact])
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.999
+    total, n = frozen_batch_loss(model, [prompt[0], prompt[0, :7]], [response[0], response[0]], pad_id=1,
+                                 context_dtype=torch.bfloat16)
+    each = sum(frozen_response_loss(model, p, response, reduction="sum", context_dtype=torch.bfloat16)
+               for p in (prompt, prompt[:, :7]))
+    assert n == 2 * response.shape[1] and torch.allclose(total, each, atol=1e-2)

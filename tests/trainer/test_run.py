@@ -38,6 +38,10 @@ def test_an_sft_lora_run_writes_its_record_and_a_checkpoint(tiny_lm, tmp_path):
     assert (run / "status").read_text().startswith("finished")
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["context_frozen"] is True and cfg["learning_rate"] == 1e-2 and cfg["data_hash"] == result.data_hash
+    from trainer.frozen import _cpu_has_native_bf16
+
+    assert cfg["context_dtype"] == "auto"  # the prompt pass ran in bfloat16 where the CPU has it natively
+    assert cfg["context_dtype_used"] == ("bfloat16" if _cpu_has_native_bf16() else "float32")
     assert len(result.steps) == 2 and all("loss" in s for s in result.steps)
     assert set(result.before["kinds"]) == {"target", "pushback"} and result.after["checkpoint"] == result.checkpoint
     manifest = Checkpoints(tmp_path / "checkpoints").get(result.checkpoint)
@@ -105,6 +109,8 @@ def test_bad_input_fails_before_any_step_and_writes_no_checkpoint(tiny_lm, tmp_p
         train(_cfg(tiny_lm, max_length=64), long, home=tmp_path)
     with pytest.raises(ModelUnavailable):
         train(_cfg(tiny_lm, model=str(tmp_path / "no-such-model")), ROWS, home=tmp_path)
+    with pytest.raises(InvalidDataset, match="context dtype must be one of auto, model, bfloat16, got 'fp16'"):
+        _cfg(tiny_lm, context_dtype="fp16")
     assert _nothing_written(tmp_path) and not (tmp_path / "runs").exists()
 
 
