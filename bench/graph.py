@@ -24,6 +24,12 @@ One run measures, against a raw baseline on the same machine and texts:
   reported: the ratio over each query's fastest run (``..._best_of_3``),
   which filters out a noisy neighbour, and the p50 ratio. Target: <= 1.3.
 - ``peak_rss_mb``: ``ru_maxrss`` of the process at the end.
+- ``search_breakdown_p50_ms_<size>``: our search's steps run one by one on
+  50 queries, p50 ms. ``lexical_n50`` is BM25 as search runs it, bounded by
+  ``GraphConfig.search_lexical_budget``; ``lexical_unbounded_n50`` ORs every
+  query word with no bound. ``lexical_bm25_kept_mean``/``_min``: the bounded
+  top's share of the unbounded top's BM25 (each bounded hit scored by the
+  unbounded query; 1.0 = as good).
 
 Commands (from the repository root):
 
@@ -502,8 +508,9 @@ def _time_raw(model, coll, q: str) -> float:
 def _breakdown(graph: MemoryGraph, model, coll, qs: Sequence[str]) -> dict[str, float]:
     """p50 ms of each step of our search, run one by one (the real search overlaps lexical with encode)."""
     cfg = graph.config
-    steps: dict[str, list[float]] = {k: [] for k in ("encode", "vector_n50", "lexical_n50", "expand", "fetch",
-                                                      "raw_query_n10")}
+    steps: dict[str, list[float]] = {k: [] for k in ("encode", "vector_n50", "lexical_n50", "lexical_unbounded_n50",
+                                                      "expand", "fetch", "raw_query_n10")}
+    kept: list[float] = []
 
     def timed(name: str, fn: Callable):
         t = time.perf_counter()
@@ -515,13 +522,35 @@ def _breakdown(graph: MemoryGraph, model, coll, qs: Sequence[str]) -> dict[str, 
         v = timed("encode", lambda: graph.embedder.embed([q])[0])
         vec = timed("vector_n50", lambda: graph.index.query(SCOPE, v, cfg.search_candidates))
         lex = timed("lexical_n50", lambda: graph.store.lexical(q, scope=SCOPE, kinds=None, since=None,
-                                                                limit=cfg.search_candidates))
+                                                                limit=cfg.search_candidates,
+                                                                budget=cfg.search_lexical_budget or None))
+        full = timed("lexical_unbounded_n50", lambda: graph.store.lexical(q, scope=SCOPE, kinds=None, since=None,
+                                                                          limit=cfg.search_candidates))
+        kept.append(_bm25_kept(graph, q, [i for i, _ in lex], full))
         seeds = list(dict.fromkeys([i for i, _ in vec[:3]] + [i for i, _ in lex[:2]]))
         timed("expand", lambda: graph.view.expand(seeds, scope=SCOPE, hops=cfg.search_hops,
                                                   edge_kinds=cfg.search_edge_kinds))
         timed("fetch", lambda: graph.store.get_nodes([i for i, _ in (vec + lex)[:20]], scope=SCOPE))
         timed("raw_query_n10", lambda: coll.query(query_embeddings=v.reshape(1, -1), n_results=10))
-    return {k: round(_pct(v, 50), 3) for k, v in steps.items()}
+    out = {k: round(_pct(v, 50), 3) for k, v in steps.items()}
+    out["lexical_bm25_kept_mean"] = round(float(np.mean(kept)), 4) if kept else None
+    out["lexical_bm25_kept_min"] = round(float(np.min(kept)), 4) if kept else None
+    return out
+
+
+def _bm25_kept(graph: MemoryGraph, q: str, ids: Sequence[str], full: Sequence[tuple[str, float]]) -> float:
+    """How much of the unbounded top's BM25 (every query word ORed) the bounded lexical top keeps: the sum of
+    the bounded hits' unbounded scores over the sum of the unbounded hits' scores (1.0 = as good)."""
+    from graph.store import fts_query
+
+    best = sum(s for _, s in full)
+    if not best:
+        return 1.0
+    marks = ",".join("?" * len(ids))
+    got = graph.store.conn.execute(  # bm25() is not allowed inside an aggregate
+        "SELECT bm25(nodes_fts) FROM nodes_fts JOIN nodes n ON n.rowid = nodes_fts.rowid "
+        f"WHERE nodes_fts MATCH ? AND n.id IN ({marks})", [fts_query(q), *ids]).fetchall()
+    return sum(r[0] for r in got) / best
 
 
 def _embed_all(emb: MiniLMEmbedder, texts: Sequence[str], chunk: int = 4096) -> np.ndarray:

@@ -91,6 +91,10 @@ class GraphConfig:
     search_candidates: int = field(
         default=20, metadata={"help": "candidates taken from each signal (vector, lexical) before fusion"}
     )
+    search_lexical_budget: int = field(
+        default=3000, metadata={"help": "rows BM25 ranks per search at most, about: a query whose words match more "
+                                        "ranks the rows holding its rarest words; 0 = no bound"}
+    )
     search_hops: int = field(default=1, metadata={"help": "graph expansion hops from the top candidates; 0 = off"})
     search_expand_from: int = field(
         default=5, metadata={"help": "how many top fused candidates seed the graph expansion"}
@@ -113,8 +117,10 @@ class GraphConfig:
                 raise ConfigError(f"graph.{name} must be at least 1, got {getattr(self, name)!r}")
         if not 0 <= self.embed_nice <= 19:
             raise ConfigError(f"graph.embed_nice must be between 0 and 19, got {self.embed_nice!r}")
-        if self.search_hops < 0 or self.search_expand_from < 0 or self.embed_poll_s < 0:
-            raise ConfigError("graph.search_hops, search_expand_from and embed_poll_s must not be negative")
+        if self.search_hops < 0 or self.search_expand_from < 0 or self.embed_poll_s < 0 or \
+                self.search_lexical_budget < 0:
+            raise ConfigError("graph.search_hops, search_expand_from, search_lexical_budget and embed_poll_s must not "
+                              "be negative")
         from graph.records import EdgeKind
 
         allowed = {k.value for k in EdgeKind}

@@ -59,7 +59,8 @@ def hybrid_search(graph: "MemoryGraph", text: str, *, k: int, scope: str, kinds:
     cfg = graph.config
     n = max(cfg.search_candidates, k)
     lexical_f: Future = _lexical_pool().submit(
-        lambda: graph.store.lexical(text, scope=scope, kinds=kinds, since=since, limit=n)
+        lambda: graph.store.lexical(text, scope=scope, kinds=kinds, since=since, limit=n,
+                                    budget=cfg.search_lexical_budget or None)
     )
     vector: list[tuple[str, float]] = []
     index = graph.index
