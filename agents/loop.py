@@ -230,14 +230,15 @@ class ChatLoop:
                 final = chunk
         yield TurnResult.from_state(final)
 
-    def run(self, session: str, user: str, **kw) -> TurnResult:
-        """One turn, without streaming."""
-        result = None
-        for item in self.stream(session, user, **kw):
-            if isinstance(item, TurnResult):
-                result = item
-        assert result is not None
-        return result
+    def run(self, session: str, user: str, *, scope: str | None = None, history: Sequence[dict] | None = None,
+            **params) -> TurnResult:
+        """One turn, without streaming.
+
+        Nothing reads the reply's pieces, so the graph runs without LangGraph's custom stream: with it, every
+        step runs on a thread of its own beside a stream waiter, which cost about 1.3 ms a turn here.
+        """
+        state, config = self._input(session, user, scope, history, {k: v for k, v in params.items() if v is not None})
+        return TurnResult.from_state(self.app.invoke(state, config, durability=self.durability))
 
     def history(self, session: str, scope: str | None = None) -> list[dict[str, str]]:
         """The checkpointed conversation of a session."""

@@ -34,6 +34,27 @@ def test_streaming_yields_pieces_then_the_result(loop):
     assert "".join(pieces) == result.reply and len(pieces) > 1
 
 
+def test_run_and_stream_give_the_same_turn_and_run_stays_on_the_callers_thread(graph):
+    import threading
+
+    threads = []
+
+    def reply(messages):
+        threads.append(threading.get_ident())
+        return "Renamed it as asked."
+
+    lp = ChatLoop(graph, ScriptedBackend(reply))
+    try:
+        ran = lp.run("a", "rename foo to bar")
+        streamed = list(lp.stream("b", "rename foo to bar"))[-1]
+        assert (ran.reply, len(ran.surfaced)) == (streamed.reply, len(streamed.surfaced))
+        assert lp.history("a") == lp.history("b")  # both checkpointed the same conversation
+        # run() needs no stream of pieces, so LangGraph runs its steps inline; stream() hands them to a thread
+        assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()
+    finally:
+        lp.close()
+
+
 def test_history_is_checkpointed_per_session(loop, graph):
     loop.run("s", "first")
     loop.run("s", "second")
