@@ -777,7 +777,8 @@ def _detect_offline(args) -> int:
     from agents.detect import evaluate, read_pairs, seed_path, seed_pairs, shipped_weights_path, train
     from graph import GraphConfig, load_config, make_embedder
 
-    embedder = make_embedder(load_config(GraphConfig, "graph", file=args.config).embedder)
+    graph_cfg = load_config(GraphConfig, "graph", file=args.config)
+    embedder = make_embedder(graph_cfg.embedder, graph_cfg.embed_dtype)
     if args.train:
         import hashlib
 

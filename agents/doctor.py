@@ -584,7 +584,7 @@ def _check_vectors(config, report: Report, repair: bool, embedder, flush_timeout
             index.close()
             report.ok("vectors")
             return
-        graph = MemoryGraph(store, index, embedder or make_embedder(config.embedder), config)  # reconciles
+        graph = MemoryGraph(store, index, embedder or make_embedder(config.embedder, config.embed_dtype), config)  # reconciles
         try:
             done = graph.flush(timeout=flush_timeout_s)
             left = {s: (len(index.ids(s) ^ store.embeddable_ids(s))) for s in sorted(set(store.scopes()))}

@@ -24,6 +24,10 @@ One run measures, against a raw baseline on the same machine and texts:
   reported: the ratio over each query's fastest run (``..._best_of_3``),
   which filters out a noisy neighbour, and the p50 ratio. Target: <= 1.3.
 - ``peak_rss_mb``: ``ru_maxrss`` of the process at the end.
+- The graph's MiniLM runs as ``graph.embed_dtype`` says (``--embed-dtype``;
+  by default bfloat16 autocast on a CPU with native bfloat16); raw always
+  runs ``SentenceTransformer.encode`` as the library loads it, float32.
+  ``embed_dtype_used`` records what the graph's ran in.
 - ``search_breakdown_p50_ms_<size>``: our search's steps run one by one on
   50 queries, p50 ms. ``lexical_n50`` is BM25 as search runs it, bounded by
   ``GraphConfig.search_lexical_budget``; ``lexical_unbounded_n50`` ORs every
@@ -62,6 +66,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
+from graph.embed import EMBED_DTYPES  # noqa: E402
 
 SCOPE = "bench"
 TARGETS = {  # metric: (comparison, target)
@@ -338,6 +343,12 @@ class _Precomputed(Embedder):
         self.misses += len(texts)
         return self.real.embed(texts)
 
+    def embed_query(self, text: str) -> np.ndarray:
+        if text in self.table:
+            return self.table[text].astype(np.float32)
+        self.misses += 1
+        return self.real.embed_query(text)
+
 
 def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -519,7 +530,7 @@ def _breakdown(graph: MemoryGraph, model, coll, qs: Sequence[str]) -> dict[str, 
         return out
 
     for q in qs:
-        v = timed("encode", lambda: graph.embedder.embed([q])[0])
+        v = timed("encode", lambda: graph.embedder.embed_query(q))
         vec = timed("vector_n50", lambda: graph.index.query(SCOPE, v, cfg.search_candidates))
         lex = timed("lexical_n50", lambda: graph.store.lexical(q, scope=SCOPE, kinds=None, since=None,
                                                                 limit=cfg.search_candidates,
@@ -694,6 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="2k-turn ingest and a 10k search corpus only (default: 4k turns, 10k and 100k corpora)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic texts (default: 0)")
+    ap.add_argument("--embed-dtype", choices=EMBED_DTYPES, default="auto",
+                    help="precision of the graph's MiniLM (graph.embed_dtype); raw always runs float32 encode()")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -702,11 +715,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mindloop-bench-"))
     try:
         _say("loading MiniLM")
-        emb = MiniLMEmbedder()
+        emb = MiniLMEmbedder(dtype=args.embed_dtype)
         emb.embed(["warm up the model"] * 4)
         result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
                         "seed": args.seed, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "machine": _machine(), "embed_batch": GraphConfig(home=tmp).embed_batch}
+                        "machine": _machine(), "embed_batch": GraphConfig(home=tmp).embed_batch,
+                        "embed_dtype": args.embed_dtype, "embed_dtype_used": emb.dtype_used}
         result.update(bench_ingest(emb, tmp, 4 if args.quick else 8, 500, args.seed))
         sizes = [10_000] if args.quick else [10_000, 100_000]
         result.update(bench_search(emb, tmp, sizes, 100 if args.quick else 200, args.seed))

@@ -65,6 +65,11 @@ class GraphConfig:
         default="minilm",
         metadata={"help": "'minilm' (bundled all-MiniLM-L6-v2) or 'hashing' (fast, deterministic, for tests)"},
     )
+    embed_dtype: str = field(
+        default="auto",
+        metadata={"help": "precision MiniLM runs in: 'auto' (bfloat16 autocast on a CPU with native bfloat16, else "
+                          "the model's), 'model' (float32, exact) or 'bfloat16'"},
+    )
     durability: str = field(
         default="full",
         metadata={"help": "'full' = fsync every commit (survives power loss); 'normal' = survives process crashes only"},
@@ -112,6 +117,8 @@ class GraphConfig:
             raise ConfigError(f"graph.durability must be 'full' or 'normal', got {self.durability!r}")
         if self.embedder not in ("minilm", "hashing"):
             raise ConfigError(f"graph.embedder must be 'minilm' or 'hashing', got {self.embedder!r}")
+        if self.embed_dtype not in ("auto", "model", "bfloat16"):
+            raise ConfigError(f"graph.embed_dtype must be 'auto', 'model' or 'bfloat16', got {self.embed_dtype!r}")
         for name in ("max_text_bytes", "embed_max_chars", "embed_batch", "search_k", "search_candidates", "rrf_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"graph.{name} must be at least 1, got {getattr(self, name)!r}")

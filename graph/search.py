@@ -10,8 +10,9 @@ score and gets the path as a reason: a third vote let the neighbours of an
 exact match outrank it). Every :class:`Hit` says which signals returned it and, for the graph
 signal, along which path. Nothing ever crosses the search's scope.
 
-The lexical query runs on a second thread while the query is embedded, so
-the vector and lexical signals cost about as much as the slower one.
+The lexical query runs on a second thread while the query is embedded
+(:meth:`graph.embed.Embedder.embed_query`, which leaves it a core), so the
+vector and lexical signals cost about as much as the slower one.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def hybrid_search(graph: "MemoryGraph", text: str, *, k: int, scope: str, kinds:
     vector: list[tuple[str, float]] = []
     index = graph.index
     if index is not None:
-        q = graph.embedder.embed([text[: cfg.embed_max_chars]])[0]
+        q = graph.embedder.embed_query(text[: cfg.embed_max_chars])
         vector = index.query(scope, q, n, kinds=kinds, since=since)
     lexical = lexical_f.result()
 

@@ -38,6 +38,7 @@ def test_short_env_names_and_tuples():
         ({"MINDLOOP_GRAPH_SEARCH_K": "0"}, "search_k must be at least 1"),
         ({"MINDLOOP_GRAPH_DURABILITY": "sometimes"}, "'full' or 'normal'"),
         ({"MINDLOOP_GRAPH_EMBEDDER": "word2vec"}, "'minilm' or 'hashing'"),
+        ({"MINDLOOP_GRAPH_EMBED_DTYPE": "float16"}, "embed_dtype must be 'auto', 'model' or 'bfloat16'"),
         ({"MINDLOOP_GRAPH_SEARCH_EDGE_KINDS": "next,likes"}, "unknown kinds \\['likes'\\]"),
     ],
 )
