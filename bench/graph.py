@@ -26,8 +26,10 @@ One run measures, against a raw baseline on the same machine and texts:
 - ``peak_rss_mb``: ``ru_maxrss`` of the process at the end.
 - The graph's MiniLM runs as ``graph.embed_dtype`` says (``--embed-dtype``;
   by default bfloat16 autocast on a CPU with native bfloat16); raw always
-  runs ``SentenceTransformer.encode`` as the library loads it, float32.
-  ``embed_dtype_used`` records what the graph's ran in.
+  runs ``SentenceTransformer.encode`` on the model as the library loads it
+  by default, float32 (a second instance when the graph's is bfloat16).
+  ``embed_dtype_used`` records what the graph's ran in; ``--embed-dtype
+  model`` compares like for like, both float32.
 - ``search_breakdown_p50_ms_<size>``: our search's steps run one by one on
   50 queries, p50 ms. ``lexical_n50`` is BM25 as search runs it, bounded by
   ``GraphConfig.search_lexical_budget``; ``lexical_unbounded_n50`` ORs every
@@ -445,7 +447,7 @@ def _graph_ingest(emb: MiniLMEmbedder, home: Path, turns: Sequence[tuple[str, st
     return {"lat": lat, "busy": busy, "logged_s": logged_s, "ingest_s": ingest_s}
 
 
-def bench_ingest(emb: MiniLMEmbedder, tmp: Path, rounds: int, per_round: int, seed: int) -> dict:
+def bench_ingest(emb: MiniLMEmbedder, raw_model, tmp: Path, rounds: int, per_round: int, seed: int) -> dict:
     """log_turn latency and sustained ingest, graph vs raw, over ``rounds`` x ``per_round`` fresh turns.
 
     Raw and graph alternate in short rounds on the same texts (who goes first
@@ -459,14 +461,14 @@ def bench_ingest(emb: MiniLMEmbedder, tmp: Path, rounds: int, per_round: int, se
     turns = [(s["name"], role, text) for s in sessions for role, text in s["turns"]][: rounds * per_round]
     batch = GraphConfig(home=tmp).embed_batch
     client = chromadb.PersistentClient(path=str(tmp / "ingest-raw"), settings=Settings(anonymized_telemetry=False))
-    _raw_ingest(emb.model, client, "warmup", ["warm up the raw path"] * 8, batch, emb.batch_size)
+    _raw_ingest(raw_model, client, "warmup", ["warm up the raw path"] * 8, batch, emb.batch_size)
     raw_s, runs = [], []
     for r in range(rounds):
         chunk = turns[r * per_round : (r + 1) * per_round]
         _say(f"ingest round {r + 1}/{rounds}: {len(chunk)} turns, raw encode + add and graph log + flush")
         for side in (("raw", "graph") if r % 2 == 0 else ("graph", "raw")):
             if side == "raw":
-                raw_s.append(_raw_ingest(emb.model, client, f"raw{r}", [t for *_, t in chunk], batch, emb.batch_size))
+                raw_s.append(_raw_ingest(raw_model, client, f"raw{r}", [t for *_, t in chunk], batch, emb.batch_size))
             else:
                 runs.append(_graph_ingest(emb, tmp / f"ingest-graph{r}", chunk))
     lat = [x for run in runs for x in run["lat"]]
@@ -575,7 +577,7 @@ def _embed_all(emb: MiniLMEmbedder, texts: Sequence[str], chunk: int = 4096) -> 
     return np.concatenate(out)
 
 
-def bench_search(emb: MiniLMEmbedder, tmp: Path, sizes: Sequence[int], n_queries: int, seed: int,
+def bench_search(emb: MiniLMEmbedder, raw_model, tmp: Path, sizes: Sequence[int], n_queries: int, seed: int,
                  reps: int = 3) -> dict:
     """Search p95, graph vs raw, at each corpus size (the corpus grows in place); each query runs ``reps`` times."""
     import chromadb
@@ -616,16 +618,16 @@ def bench_search(emb: MiniLMEmbedder, tmp: Path, sizes: Sequence[int], n_queries
             misses = lookup.misses
             for q in warm:
                 _time_ours(graph, q)
-                _time_raw(emb.model, coll, q)
+                _time_raw(raw_model, coll, q)
             ours = np.zeros((reps, len(qs)))
             raw = np.zeros((reps, len(qs)))
             for rep in range(reps):
                 for i, q in enumerate(qs):  # alternate who goes first, so neither always gets the warmer cache
                     if (i + rep) % 2 == 0:
                         ours[rep, i] = _time_ours(graph, q)
-                        raw[rep, i] = _time_raw(emb.model, coll, q)
+                        raw[rep, i] = _time_raw(raw_model, coll, q)
                     else:
-                        raw[rep, i] = _time_raw(emb.model, coll, q)
+                        raw[rep, i] = _time_raw(raw_model, coll, q)
                         ours[rep, i] = _time_ours(graph, q)
             assert lookup.misses - misses >= reps * len(qs) + len(warm), "queries must be encoded by MiniLM"
             ours, raw, ours_min, raw_min = ours.ravel(), raw.ravel(), ours.min(axis=0), raw.min(axis=0)
@@ -638,7 +640,7 @@ def bench_search(emb: MiniLMEmbedder, tmp: Path, sizes: Sequence[int], n_queries
             out[f"search_p50_ratio_{label}"] = out[f"search_p50_ms_{label}"] / out[f"raw_p50_ms_{label}"]
             # the same, over each query's fastest of ``reps`` runs: what is left when a noisy neighbour is filtered out
             out[f"search_p95_ratio_{label}_best_of_{reps}"] = _pct(ours_min, 95) / _pct(raw_min, 95)
-            out[f"search_breakdown_p50_ms_{label}"] = _breakdown(graph, emb.model, coll, qs[:50])
+            out[f"search_breakdown_p50_ms_{label}"] = _breakdown(graph, raw_model, coll, qs[:50])
     finally:
         graph.close()
     return out
@@ -717,13 +719,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("loading MiniLM")
         emb = MiniLMEmbedder(dtype=args.embed_dtype)
         emb.embed(["warm up the model"] * 4)
+        # raw is the library as it loads by default (float32); with --embed-dtype model both sides share one model
+        raw_model = emb.model if emb.dtype_used == "float32" else MiniLMEmbedder(dtype="model").model
+        raw_model.encode(["warm up the model"] * 4)
         result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
                         "seed": args.seed, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "machine": _machine(), "embed_batch": GraphConfig(home=tmp).embed_batch,
                         "embed_dtype": args.embed_dtype, "embed_dtype_used": emb.dtype_used}
-        result.update(bench_ingest(emb, tmp, 4 if args.quick else 8, 500, args.seed))
+        result.update(bench_ingest(emb, raw_model, tmp, 4 if args.quick else 8, 500, args.seed))
         sizes = [10_000] if args.quick else [10_000, 100_000]
-        result.update(bench_search(emb, tmp, sizes, 100 if args.quick else 200, args.seed))
+        result.update(bench_search(emb, raw_model, tmp, sizes, 100 if args.quick else 200, args.seed))
         result.setdefault("search_p95_ratio_100k", None)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result["wall_s"] = time.perf_counter() - t_start

@@ -131,7 +131,7 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def bench_size(emb: MiniLMEmbedder, n: int, n_turns: int, tmp: Path, seed: int) -> dict:
+def bench_size(emb: MiniLMEmbedder, raw_model, n: int, n_turns: int, tmp: Path, seed: int) -> dict:
     import chromadb
 
     texts = memories(n, seed)
@@ -164,7 +164,7 @@ def bench_size(emb: MiniLMEmbedder, n: int, n_turns: int, tmp: Path, seed: int) 
 
     def raw(text: str) -> float:  # the library's own calls, in float32 as it loads
         t0 = time.perf_counter()
-        q = emb.model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
+        q = raw_model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
         coll.query(query_embeddings=q, n_results=k)
         return (time.perf_counter() - t0) * 1000
 
@@ -236,9 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_turns = 300 if args.quick else 500
     emb = MiniLMEmbedder(dtype=args.embed_dtype)
     emb.embed(["warm up"])
+    # raw is the library as it loads by default (float32); with --embed-dtype model both sides share one model
+    raw_model = emb.model if emb.dtype_used == "float32" else MiniLMEmbedder(dtype="model").model
     tmp = Path(tempfile.mkdtemp(prefix="mindloop-bench-loop-"))
     try:
-        runs = {f"{n // 1000}k": bench_size(emb, n, n_turns, tmp, args.seed) for n in sizes}
+        runs = {f"{n // 1000}k": bench_size(emb, raw_model, n, n_turns, tmp, args.seed) for n in sizes}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     main_run = runs["10k"]
