@@ -584,7 +584,8 @@ def _check_vectors(config, report: Report, repair: bool, embedder, flush_timeout
             index.close()
             report.ok("vectors")
             return
-        graph = MemoryGraph(store, index, embedder or make_embedder(config.embedder, config.embed_dtype), config)  # reconciles
+        embedder = embedder or make_embedder(config.embedder, config.embed_dtype)
+        graph = MemoryGraph(store, index, embedder, config)  # reconciles
         try:
             done = graph.flush(timeout=flush_timeout_s)
             left = {s: (len(index.ids(s) ^ store.embeddable_ids(s))) for s in sorted(set(store.scopes()))}

@@ -67,8 +67,8 @@ class GraphConfig:
     )
     embed_dtype: str = field(
         default="auto",
-        metadata={"help": "precision MiniLM runs in: 'auto' (bfloat16 autocast on a CPU with native bfloat16, else "
-                          "the model's), 'model' (float32, exact) or 'bfloat16'"},
+        metadata={"help": "precision MiniLM's weights are loaded in: 'auto' (bfloat16 on a CPU with native bfloat16, "
+                          "else float32), 'model' (float32 as shipped) or 'bfloat16'"},
     )
     durability: str = field(
         default="full",
@@ -117,7 +117,9 @@ class GraphConfig:
             raise ConfigError(f"graph.durability must be 'full' or 'normal', got {self.durability!r}")
         if self.embedder not in ("minilm", "hashing"):
             raise ConfigError(f"graph.embedder must be 'minilm' or 'hashing', got {self.embedder!r}")
-        if self.embed_dtype not in ("auto", "model", "bfloat16"):
+        from graph.embed import EMBED_DTYPES
+
+        if self.embed_dtype not in EMBED_DTYPES:
             raise ConfigError(f"graph.embed_dtype must be 'auto', 'model' or 'bfloat16', got {self.embed_dtype!r}")
         for name in ("max_text_bytes", "embed_max_chars", "embed_batch", "search_k", "search_candidates", "rrf_k"):
             if getattr(self, name) < 1:
