@@ -223,6 +223,8 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
     FTS5's stricter check against the content table (``rank`` 1) cannot be
     used: it expects an entry for every row, the text-less ones included.
     """
+    from graph.store import FTS_REBUILD
+
     missing = extra = 0
     try:
         conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")
@@ -241,7 +243,7 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
     if repair:
         with conn:
             conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('delete-all')")
-            conn.execute("INSERT INTO nodes_fts(rowid, text) SELECT rowid, text FROM nodes WHERE text IS NOT NULL")
+            conn.execute(FTS_REBUILD)
         conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")
         p.repair, p.fixed = "rebuilt the full-text index from the nodes", True
 

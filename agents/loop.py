@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Sequence, TypedDict
 from agents.backends import BackendError, ChatBackend
 from agents.surface import Surfaced, Surfacer, with_memories
 from graph import MemoryGraph, Turn
+from graph.store import BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
 __all__ = ["ChatLoop", "TurnResult", "open_checkpointer"]
 
@@ -102,7 +103,18 @@ def open_checkpointer(home: str | os.PathLike, postgres_url: str | None = None):
     # No fsync per checkpoint: the turns are durable in graph.db already; a power cut can cost the resume
     # point of the last turn, never a logged turn. It takes one fsync (and its tail) off every chat turn.
     conn.execute("PRAGMA synchronous=NORMAL")
+    # checkpointed by ChatLoop's WalCheckpointer between turns, not inside one turn in a hundred
+    conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}")
     return SqliteSaver(conn)
+
+
+def _wal_checkpointer(checkpointer) -> WalCheckpointer | None:
+    """A background checkpointer for a SQLite-backed LangGraph checkpointer's file; None for any other."""
+    conn = getattr(checkpointer, "conn", None)
+    if not isinstance(conn, sqlite3.Connection):
+        return None
+    path = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
+    return WalCheckpointer(path) if path else None  # "" is an in-memory database
 
 
 class ChatLoop:
@@ -124,6 +136,7 @@ class ChatLoop:
         self.on_pair = on_pair
         self.durability = durability  # "exit": one checkpoint write per turn, not one per step
         self.checkpointer = checkpointer if checkpointer is not None else open_checkpointer(graph.config.home)
+        self._wal = _wal_checkpointer(self.checkpointer)
         builder = StateGraph(LoopState)
         builder.add_node("surface", self._surface)
         builder.add_node("respond", self._respond)
@@ -228,6 +241,8 @@ class ChatLoop:
                 yield chunk["delta"]
             else:
                 final = chunk
+        if self._wal is not None:
+            self._wal.notify()
         yield TurnResult.from_state(final)
 
     def run(self, session: str, user: str, *, scope: str | None = None, history: Sequence[dict] | None = None,
@@ -238,7 +253,10 @@ class ChatLoop:
         step runs on a thread of its own beside a stream waiter, which cost about 1.3 ms a turn here.
         """
         state, config = self._input(session, user, scope, history, {k: v for k, v in params.items() if v is not None})
-        return TurnResult.from_state(self.app.invoke(state, config, durability=self.durability))
+        result = TurnResult.from_state(self.app.invoke(state, config, durability=self.durability))
+        if self._wal is not None:
+            self._wal.notify()
+        return result
 
     def history(self, session: str, scope: str | None = None) -> list[dict[str, str]]:
         """The checkpointed conversation of a session."""
@@ -251,6 +269,8 @@ class ChatLoop:
         self.checkpointer.delete_thread(f"{scope}\x1f{session}")
 
     def close(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
         conn = getattr(self.checkpointer, "conn", None)
         if conn is not None:
             conn.close()

@@ -3,7 +3,8 @@
 Tables:
 
 - ``nodes``: one row per record. ``text`` holds the node's indexed text (FTS5
-  keeps a BM25 index of it), ``data`` the rest of the record as JSON, ``vec``
+  keeps a BM25 index of it, through the generated columns ``memory_text`` for
+  memories and ``log_text`` for every other kind), ``data`` the rest of the record as JSON, ``vec``
   the state of its vector (NULL: nothing to embed, 0: pending, 1: in the index)
   and ``rev`` a random tag drawn anew whenever the row is inserted or its text
   changes, so that a vector computed from an older text, or for an earlier
@@ -20,6 +21,12 @@ after ``COMMIT``: a failed call leaves nothing behind. Each thread gets its own
 connection. A write that fails because the disk is full, the file-size limit
 is reached or the device fails raises :class:`graph.errors.DiskFull` (after
 rolling back); once space returns, the next write works.
+
+No commit checkpoints the WAL itself: SQLite's automatic checkpoint copies
+the WAL back into the database (and fsyncs both) inside whichever commit
+crosses 1,000 pages, which made one log write in a hundred take 3-5 ms. A
+:class:`WalCheckpointer` thread does it after writes instead; the automatic
+checkpoint stays on, at ten times the size, as a backstop.
 
 Opening runs SQLite's ``quick_check`` (about 0.1 s per 100 MB from the page
 cache) so that a damaged file is reported at once, naming the file and the
@@ -45,12 +52,27 @@ from typing import Any, Iterable, Iterator, Sequence
 from graph.errors import DiskFull, GraphError, NodeNotFound, ScopeMismatch, StoreCorrupt
 from graph.records import Edge, Node, record_from_json
 
-__all__ = ["Store", "damaged_message", "write_failure"]
+__all__ = ["Store", "WalCheckpointer", "damaged_message", "write_failure"]
 
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4D4C4F50  # "MLOP"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Version 1 kept every text in one FTS5 column. Version 2 puts memories' text in a column of its own, so that a
+# search for memories counts and ranks only memories (surfacing's rarest word was often one only turns held).
+_MIGRATE_1_TO_2 = """
+DROP TRIGGER IF EXISTS nodes_ai;
+DROP TRIGGER IF EXISTS nodes_ad;
+DROP TRIGGER IF EXISTS nodes_au;
+DROP TABLE IF EXISTS nodes_fts;
+ALTER TABLE nodes ADD COLUMN log_text TEXT
+    GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN NULL ELSE text END) VIRTUAL;
+ALTER TABLE nodes ADD COLUMN memory_text TEXT
+    GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN text END) VIRTUAL;
+"""
+FTS_REBUILD = ("INSERT INTO nodes_fts(rowid, log_text, memory_text) "
+               "SELECT rowid, log_text, memory_text FROM nodes WHERE text IS NOT NULL")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -64,7 +86,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     text    TEXT,
     data    TEXT NOT NULL,
     vec     INTEGER,
-    rev     INTEGER NOT NULL DEFAULT 0
+    rev     INTEGER NOT NULL DEFAULT 0,
+    log_text    TEXT GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN NULL ELSE text END) VIRTUAL,
+    memory_text TEXT GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN text END) VIRTUAL
 );
 CREATE INDEX IF NOT EXISTS nodes_scope_kind ON nodes(scope, kind, created);
 CREATE INDEX IF NOT EXISTS nodes_session ON nodes(scope, session, pos);
@@ -95,18 +119,20 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_node ON history(node);
 
 CREATE VIRTUAL TABLE IF NOT EXISTS nodes_fts USING fts5(
-    text, content='nodes', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
+    log_text, memory_text, content='nodes', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
 );
 CREATE TRIGGER IF NOT EXISTS nodes_ai AFTER INSERT ON nodes WHEN new.text IS NOT NULL BEGIN
-    INSERT INTO nodes_fts(rowid, text) VALUES (new.rowid, new.text);
+    INSERT INTO nodes_fts(rowid, log_text, memory_text) VALUES (new.rowid, new.log_text, new.memory_text);
 END;
 CREATE TRIGGER IF NOT EXISTS nodes_ad AFTER DELETE ON nodes WHEN old.text IS NOT NULL BEGIN
-    INSERT INTO nodes_fts(nodes_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+    INSERT INTO nodes_fts(nodes_fts, rowid, log_text, memory_text)
+        VALUES ('delete', old.rowid, old.log_text, old.memory_text);
 END;
 CREATE TRIGGER IF NOT EXISTS nodes_au AFTER UPDATE OF text ON nodes BEGIN
-    INSERT INTO nodes_fts(nodes_fts, rowid, text)
-        SELECT 'delete', old.rowid, old.text WHERE old.text IS NOT NULL;
-    INSERT INTO nodes_fts(rowid, text) SELECT new.rowid, new.text WHERE new.text IS NOT NULL;
+    INSERT INTO nodes_fts(nodes_fts, rowid, log_text, memory_text)
+        SELECT 'delete', old.rowid, old.log_text, old.memory_text WHERE old.text IS NOT NULL;
+    INSERT INTO nodes_fts(rowid, log_text, memory_text)
+        SELECT new.rowid, new.log_text, new.memory_text WHERE new.text IS NOT NULL;
 END;
 """
 
@@ -176,6 +202,15 @@ def bounded_query(terms: Sequence[str], counts: dict[str, int], budget: int) -> 
     return f"({_any_of(rare)}) AND ({_any_of(present)})"
 
 
+def _fts_column(kinds: Sequence[str] | None) -> str | None:
+    """The one FTS5 column a search for ``kinds`` needs to read, or None when it needs both."""
+    if not kinds:
+        return None
+    if all(k == "memory" for k in kinds):
+        return "memory_text"
+    return None if "memory" in kinds else "log_text"
+
+
 _REPAIR_HINT = "run `mindloop doctor --repair` to back the file up and recover what can be read"
 
 
@@ -216,6 +251,73 @@ def write_failure(path: Path, error: sqlite3.Error) -> GraphError | None:
                     "the call was rolled back and nothing of it was written")
 
 
+# A commit checkpoints the WAL itself only past this many pages (SQLite's default is 1,000): the background
+# checkpointer keeps it far below, this bounds the WAL if that thread cannot keep up.
+BACKSTOP_AUTOCHECKPOINT_PAGES = 10_000
+
+
+class WalCheckpointer:
+    """Checkpoints a WAL-mode SQLite file on a thread of its own, so that no commit waits for one.
+
+    ``notify()`` after a commit (it only sets an event). Within ``delay_s`` the
+    thread runs a ``PASSIVE`` checkpoint on its own connection: it copies what
+    readers no longer need and blocks neither readers nor writers. Writes close
+    together share one checkpoint. The thread starts on the first notify and
+    stops on :meth:`close`, which checkpoints what is left.
+    """
+
+    def __init__(self, path: str | Path, *, delay_s: float = 0.5, busy_timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        self.delay_s = delay_s
+        self.busy_timeout_s = busy_timeout_s
+        self.checkpoints = 0  # how many ran
+        self._ran = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def notify(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(target=self._run, name="mindloop-wal-checkpoint", daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop.is_set():
+                self._wake.wait()
+                self._stop.wait(self.delay_s)  # let the writes close together share one checkpoint
+                self._wake.clear()
+                self.checkpoint(conn)
+        finally:
+            conn.close()
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as e:  # a full disk or a damaged file: the writers report it; the backstop remains
+            log.warning("background WAL checkpoint of %s failed: %s", self.path, e)
+        with self._ran:
+            self.checkpoints += 1
+            self._ran.notify_all()
+
+    def wait(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` checkpoints have run (True) or ``timeout`` seconds pass (False)."""
+        with self._ran:
+            return self._ran.wait_for(lambda: self.checkpoints >= count, timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+
+
 class _Owned:
     """One thread's connection, in that thread's locals: when the thread ends, this goes, and a finalizer closes it."""
 
@@ -229,7 +331,7 @@ class Store:
     """SQLite store of nodes, edges and their history (one file, WAL mode)."""
 
     def __init__(self, path: str | Path, *, durability: str = "full", busy_timeout_s: float = 30.0,
-                 check: bool = True) -> None:
+                 check: bool = True, checkpoint_delay_s: float = 0.5) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.durability = durability
@@ -238,6 +340,7 @@ class Store:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self.checkpointer = WalCheckpointer(self.path, delay_s=checkpoint_delay_s, busy_timeout_s=busy_timeout_s)
         self._init_schema()
 
     # -- connections -------------------------------------------------------------
@@ -247,6 +350,7 @@ class Store:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}")
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("PRAGMA secure_delete=ON")  # forgotten text is overwritten, not left in free pages
         except sqlite3.DatabaseError as e:
@@ -279,6 +383,7 @@ class Store:
             self._local.owned = None
 
     def close(self) -> None:
+        self.checkpointer.close()
         with self._conns_lock:
             for conn in self._conns:
                 try:
@@ -303,8 +408,14 @@ class Store:
                 if problems != ["ok"]:
                     raise StoreCorrupt(damaged_message(self.path, "SQLite's quick_check reports " + "; ".join(problems)))
             with self.write() as c:
+                migrate = has_tables and version == 1
+                if migrate:
+                    for stmt in _split_sql(_MIGRATE_1_TO_2):
+                        c.execute(stmt)
                 for stmt in _split_sql(_SCHEMA):
                     c.execute(stmt)
+                if migrate:
+                    c.execute(FTS_REBUILD)
                 c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
@@ -344,6 +455,7 @@ class Store:
             log.error("%s", failure)
             self._discard(conn)  # after an I/O error SQLite may keep the connection in an error state
             raise failure from None
+        self.checkpointer.notify()
 
     # -- nodes -------------------------------------------------------------------
 
@@ -592,40 +704,72 @@ class Store:
                 limit: int, budget: int | None = None) -> list[tuple[str, float]]:
         """BM25 matches of ``text`` in one scope: (id, bm25), best first (FTS5 scores are lower-is-better).
 
-        With ``budget``, a query whose words match more rows than that ranks only the rows holding its rarest
-        words (:func:`bounded_query`); each word's row count is counted by FTS5 itself, up to ``budget + 1``.
+        A search for memories only, or for no memories, reads only that FTS5 column, so its words are counted
+        and ranked among the rows it can return. With ``budget``, a query whose words match more rows than
+        that ranks the rows holding its rarest words (:func:`bounded_query`; each word's row count comes from
+        FTS5, up to ``budget + 1``), and of those at most the ``budget`` newest: BM25 then scores a bounded
+        number of rows however common the words are. When the rarest words are rare because other scopes hold
+        them, the newest rows with any of the words fill the result up.
         """
         terms = fts_terms(text)
         if not terms:
             return []
-        if budget is None or len(terms) == 1:
-            query: str | None = _any_of(terms)
-        else:
-            query = bounded_query(terms, self.term_counts(terms, cap=budget + 1), budget)
-            if query is None:
-                return []
-        sql = ("SELECT n.id, bm25(nodes_fts) AS s FROM nodes_fts JOIN nodes n ON n.rowid = nodes_fts.rowid "
-               "WHERE nodes_fts MATCH ? AND n.scope = ?")
-        params: list[Any] = [query, scope]
-        if kinds:
-            sql += f" AND n.kind IN ({','.join('?' * len(kinds))})"
-            params += list(kinds)
-        if since is not None:
-            sql += " AND n.created >= ?"
-            params.append(since)
-        sql += " ORDER BY s LIMIT ?"
-        params.append(limit)
-        return [(r[0], r[1]) for r in self.conn.execute(sql, params)]
+        column = _fts_column(kinds)
+        if budget is None:
+            return self._bm25(_any_of(terms), column, scope, kinds, since, limit, window=None)
+        counts = self.term_counts(terms, cap=budget + 1, column=column)
+        query = bounded_query(terms, counts, budget)
+        if query is None:
+            return []
+        out = self._bm25(query, column, scope, kinds, since, limit, window=budget)
+        rarest = min(n for n in counts.values() if n)
+        if " AND " in query and len(out) < min(limit, rarest):  # the filters dropped rows of the rarest word
+            seen = {i for i, _ in out}
+            wider = self._bm25(_any_of([t for t in terms if counts.get(t)]), column, scope, kinds, since, limit,
+                               window=budget)
+            out += [hit for hit in wider if hit[0] not in seen][: limit - len(out)]
+        return out
 
-    def term_counts(self, terms: Sequence[str], *, cap: int) -> dict[str, int]:
+    def _bm25(self, query: str, column: str | None, scope: str, kinds: Sequence[str] | None, since: float | None,
+              limit: int, *, window: int | None) -> list[tuple[str, float]]:
+        """The ``limit`` best of the rows matching ``query`` in ``scope`` (of the ``window`` newest, if given).
+
+        FTS5 ranks first and only the best ``4 * limit`` rows are looked up in ``nodes`` for the filters; when
+        too few of those pass (other scopes or kinds hold most of the matches), the filters run on every row.
+        """
+        match = f"{{{column}}}: ({query})" if column else query
+        ranked = "SELECT rowid, bm25(nodes_fts) AS s FROM nodes_fts WHERE nodes_fts MATCH ?"
+        params: list[Any] = [match]
+        if window is not None:  # FTS5 walks its rows newest first and stops there; bm25 scores only those
+            ranked = f"SELECT * FROM ({ranked} ORDER BY rowid DESC LIMIT ?)"
+            params.append(window)
+        filters, fparams = "n.scope = ?", [scope]
+        if kinds:
+            filters += f" AND n.kind IN ({','.join('?' * len(kinds))})"
+            fparams += list(kinds)
+        if since is not None:
+            filters += " AND n.created >= ?"
+            fparams.append(since)
+        join = f"SELECT n.id, f.s FROM ({{}}) f JOIN nodes n ON n.rowid = f.rowid WHERE {filters} ORDER BY f.s, f.rowid"
+        over = 4 * limit
+        best = self.conn.execute(join.format(f"{ranked} ORDER BY s, rowid LIMIT ?"), [*params, over, *fparams])
+        rows = best.fetchall()
+        if len(rows) < limit and self.conn.execute(f"SELECT count(*) FROM ({ranked} LIMIT ?)",
+                                                   [*params, over + 1]).fetchone()[0] > over:
+            rows = self.conn.execute(join.format(ranked) + " LIMIT ?", [*params, *fparams, limit]).fetchall()
+        return [(r[0], r[1]) for r in rows[:limit]]
+
+    def term_counts(self, terms: Sequence[str], *, cap: int, column: str | None = None) -> dict[str, int]:
         """How many rows of the lexical index (every scope) each term matches, counting at most ``cap`` each.
 
         FTS5 counts through its own tokenizer (Porter stems), so a count is exactly what a query for the
-        term would match; the cap keeps a common word's count cheap.
+        term would match; the cap keeps a common word's count cheap. ``column`` counts in one column only
+        (``memory_text`` or ``log_text``).
         """
         one = f"(SELECT count(*) FROM (SELECT 1 FROM nodes_fts WHERE nodes_fts MATCH ? LIMIT {int(cap)}))"
         sql = " UNION ALL ".join(f"SELECT {i}, {one}" for i in range(len(terms)))
-        rows = self.conn.execute(sql, [_any_of([t]) for t in terms]).fetchall()
+        prefix = f"{{{column}}}: " if column else ""
+        rows = self.conn.execute(sql, [prefix + _any_of([t]) for t in terms]).fetchall()
         return {terms[i]: n for i, n in rows}
 
     def counts(self, scope: str | None = None) -> dict[str, Any]:

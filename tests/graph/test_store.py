@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from graph import GraphConfig, HashingEmbedder, MemoryGraph, Store, StoreCorrupt
+from graph import GraphConfig, HashingEmbedder, Memory, MemoryGraph, Store, StoreCorrupt
 from graph.store import bounded_query, fts_query
 
 
@@ -116,12 +116,131 @@ def test_a_lexical_budget_keeps_the_best_rows_and_drops_the_common_only_ones(lex
     everything = store.lexical("kafka error", **kw)
     bounded = store.lexical("kafka error", budget=20, **kw)
     assert len(everything) == 62  # 60 rows with "error" only, one with both words, one with "kafka" only
-    texts = {lexical_graph.get(i).text for i, _ in bounded}
-    assert texts == {"an error after the kafka upgrades", "the kafka upgrade went fine"}  # the rows with "kafka"
+    texts = [lexical_graph.get(i).text for i, _ in bounded]
+    # the rows with "kafka" first; scope "b" holds the third "kafka" row, so the rows of this scope among the
+    # newest 20 (the budget) with either word fill up behind them
+    assert set(texts[:2]) == {"an error after the kafka upgrades", "the kafka upgrade went fine"}
+    assert 2 < len(texts) <= 20 and all("error" in t for t in texts[2:])
+    assert "an error in report 0" not in texts  # the oldest are past the window
     # "error" still scores them: "kafka" counts twice (it picks the rows and scores them), "error" adds to that.
     # FTS5 scores are lower-is-better.
-    row = next(i for i, _ in bounded if "error" in lexical_graph.get(i).text)
+    row = next(i for i, _ in bounded[:2] if "error" in lexical_graph.get(i).text)
     kafka_alone = dict(store.lexical("kafka", **kw))[row]
     assert dict(bounded)[row] < 2 * kafka_alone
     assert store.lexical("kafka error", budget=1000, **kw) == everything  # within the budget: the plain OR
     assert store.lexical("zebra quagga", budget=20, **kw) == []
+
+
+def test_a_search_for_memories_counts_and_ranks_memories_only(tmp_path):
+    """"deploy" is the rarest word among all rows but only turns hold it: counted over every kind, it picked
+    rows that the kind filter then dropped, and surfacing found nothing lexically."""
+    with MemoryGraph.open(GraphConfig(home=tmp_path, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        with g.transaction():
+            g.log_turns("s", [{"role": "user", "text": f"deploy the invoice export {i}"} for i in range(3)])
+            for i in range(40):
+                g.add(Memory(text=f"invoice export note {i}", memory_kind="note"))
+            best = g.add(Memory(text="the invoice export must keep the customer column", memory_kind="lesson"))
+        store, scope = g.store, g.resolve_scope(None)
+        assert store.term_counts(["deploy", "customer"], cap=100, column="memory_text") == {"deploy": 0, "customer": 1}
+        assert store.term_counts(["deploy", "customer"], cap=100, column="log_text") == {"deploy": 3, "customer": 0}
+        hits = store.lexical("deploy the invoice export for the customer", scope=scope, kinds=["memory"], since=None,
+                             limit=5, budget=10)
+        assert hits and hits[0][0] == best.id
+        assert all(g.get(i).kind == "memory" for i, _ in hits)
+        turns = store.lexical("deploy invoice", scope=scope, kinds=["turn"], since=None, limit=10, budget=10)
+        assert len(turns) == 3 and all(g.get(i).kind == "turn" for i, _ in turns)
+
+
+def test_filters_that_drop_most_of_the_best_rows_fall_back_to_filtering_every_row(tmp_path):
+    with MemoryGraph.open(GraphConfig(home=tmp_path, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        with g.transaction():
+            for i in range(50):  # the best matches all live in another scope
+                g.add(Memory(text=f"invoice invoice {i}", memory_kind="note", scope="other"))
+            mine = [g.add(Memory(text=f"an invoice among many words number {i}", memory_kind="note", scope="me"))
+                    for i in range(3)]
+        hits = g.store.lexical("invoice", scope="me", kinds=["memory"], since=None, limit=2)
+        assert [i for i, _ in hits] == [m.id for m in mine[:2]]
+
+
+def test_a_budget_bounds_the_rows_scored_to_the_newest(tmp_path):
+    with MemoryGraph.open(GraphConfig(home=tmp_path, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        with g.transaction():
+            old = g.add(Memory(text="invoice invoice invoice export", memory_kind="note"))  # the best BM25 match
+            for i in range(30):
+                g.add(Memory(text=f"invoice export number {i} of the batch", memory_kind="note"))
+        kw = {"scope": g.resolve_scope(None), "kinds": ["memory"], "since": None, "limit": 50}
+        assert g.store.lexical("invoice", **kw)[0][0] == old.id  # unbounded: every row is scored
+        bounded = g.store.lexical("invoice", budget=10, **kw)
+        assert len(bounded) == 10 and old.id not in {i for i, _ in bounded}
+
+
+def test_a_version_1_graph_is_migrated_with_its_text_index(tmp_path):
+    db = tmp_path / "graph.db"
+    Store(db).close()
+    conn = sqlite3.connect(db)  # rebuild the version 1 layout: one FTS5 column over nodes.text
+    with conn:
+        for name in ("nodes_ai", "nodes_ad", "nodes_au"):
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DROP TABLE nodes_fts")
+        conn.execute("ALTER TABLE nodes DROP COLUMN memory_text")
+        conn.execute("ALTER TABLE nodes DROP COLUMN log_text")
+        conn.execute("CREATE VIRTUAL TABLE nodes_fts USING fts5(text, content='nodes', content_rowid='rowid', "
+                     "tokenize='porter unicode61 remove_diacritics 2')")
+        conn.execute("CREATE TRIGGER nodes_ai AFTER INSERT ON nodes WHEN new.text IS NOT NULL BEGIN "
+                     "INSERT INTO nodes_fts(rowid, text) VALUES (new.rowid, new.text); END")
+        conn.execute("INSERT INTO nodes (id, kind, scope, created, updated, text, data) VALUES "
+                     "('memory_1', 'memory', 'default', 0, 0, 'kafka lesson', "
+                     "'{\"kind\":\"memory\",\"scope\":\"default\",\"id\":\"memory_1\",\"created\":0}')")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = Store(db)
+    try:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.lexical("kafka", scope="default", kinds=["memory"], since=None, limit=5) == [
+            ("memory_1", pytest.approx(store.lexical("kafka", scope="default", kinds=None, since=None, limit=5)[0][1]))]
+        assert store.lexical("kafka", scope="default", kinds=["turn"], since=None, limit=5) == []
+    finally:
+        store.close()
+
+
+def _wal_frames(db) -> int:
+    wal = db.with_name(db.name + "-wal")
+    return 0 if not wal.exists() else (wal.stat().st_size - 32) // (4096 + 24)
+
+
+def test_commits_leave_the_wal_checkpoint_to_the_background_thread(tmp_path):
+    """Past SQLite's 1,000 pages a commit would checkpoint the WAL itself, inside the caller's write; here the
+    WAL grows past that until the checkpointer thread runs, which then copies everything back."""
+    db = tmp_path / "g.db"
+    store = Store(db, checkpoint_delay_s=3600)  # the thread waits; only close() makes it run
+    try:
+        page = "x" * 3500
+        for i in range(1300):  # one commit of about one page each
+            with store.write() as conn:
+                conn.execute("INSERT INTO history (at, op, node, kind, scope, payload) VALUES (0, 'x', ?, 'k', 's', ?)",
+                             (f"n{i}", page))
+        assert _wal_frames(db) > 1200
+        assert store.checkpointer.checkpoints == 0
+        before = store.checkpointer.checkpoints
+    finally:
+        store.close()  # stops the thread, which checkpoints what is left
+    assert store.checkpointer.checkpoints == before + 1
+    conn = sqlite3.connect(db)
+    try:
+        busy, log_frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, log_frames - done) == (0, 0)
+        assert conn.execute("SELECT count(*) FROM history WHERE op = 'x'").fetchone()[0] == 1300
+    finally:
+        conn.close()
+
+
+def test_the_checkpointer_runs_after_each_burst_of_writes(tmp_path):
+    store = Store(tmp_path / "g.db", checkpoint_delay_s=0.01)
+    try:
+        for burst in (1, 2):
+            ran = store.checkpointer.checkpoints
+            with store.write() as conn:
+                conn.execute("INSERT INTO history (at, op, node, kind, scope) VALUES (0, 'x', 'n', 'k', 's')")
+            assert store.checkpointer.wait(ran + 1, timeout=30), f"no checkpoint after write burst {burst}"
+    finally:
+        store.close()

@@ -220,8 +220,8 @@ def _dangling(db: Path) -> None:
 def _fts_drop(db: Path) -> None:
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute("INSERT INTO nodes_fts(nodes_fts, rowid, text) SELECT 'delete', rowid, text FROM nodes "
-                     "WHERE text LIKE '%widget3x%'")
+        conn.execute("INSERT INTO nodes_fts(nodes_fts, rowid, log_text, memory_text) "
+                     "SELECT 'delete', rowid, log_text, memory_text FROM nodes WHERE text LIKE '%widget3x%'")
     conn.close()
 
 
