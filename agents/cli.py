@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     trainp.add_argument("--context-dtype", choices=["auto", "model", "bfloat16"],
                         help="dtype of the context-frozen prompt pass (default auto: bfloat16 on a CPU with native "
                              "bfloat16 when the model is float32; 'model' is exact)")
+    trainp.add_argument("--step-in-backward", dest="step_in_backward", action="store_true", default=None,
+                        help="full weights: step each weight's AdamW inside backward and free its gradient at once "
+                             "(one copy of the weights less memory; no clipping, no accumulation, one process)")
     trainp.add_argument("--model", help="'bundled' (default), a transformers model id or path")
     trainp.add_argument("--batch-size", type=_positive, help="examples per step (default 4)")
     trainp.add_argument("--max-steps", type=_positive, help="stop after this many steps (default: the epochs)")
@@ -947,7 +950,7 @@ def _cmd_train(args) -> int:
     cfg = load_config(TrainConfig, "train", file=args.config, overrides={
         "objective": args.objective, "method": args.method, "optimizer": args.optimizer, "lr": args.lr,
         "epochs": args.epochs, "context_frozen": args.context_frozen, "context_dtype": args.context_dtype,
-        "model": args.model,
+        "step_in_backward": args.step_in_backward, "model": args.model,
         "batch_size": args.batch_size, "max_steps": args.max_steps, "max_length": args.max_length,
         "evaluate": args.evaluate})
     main_process = _main_process()

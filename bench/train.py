@@ -19,7 +19,12 @@ Two measurements, in one run:
    float32 elsewhere; the response part runs in float32 either way. The
    frozen step with the context in float32 (``context_dtype="model"``, logits
    equal to the ordinary forward's) is measured too: ``speedup_exact``,
-   ``frozen_speedup_1024_exact``.
+   ``frozen_speedup_1024_exact``. The 1024/64 pair runs a third time with full
+   weights and AdamW stepped inside backward (:mod:`trainer.optim`, ``mindloop
+   train --method full --step-in-backward``), where no weight keeps its
+   gradient past its own step: ``frozen_mem_ratio_1024_step_in_backward``
+   compares the steady-state step peaks (``step_peak_mb``, below), because
+   the warm-up step allocates AdamW's state.
 
    **Peak memory** is the resident set of a fresh process: every
    (length, loss) pair runs in its own subprocess, which loads the model,
@@ -163,6 +168,11 @@ def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, m
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+    sib = None
+    if method == "step_in_backward":  # `mindloop train --method full --step-in-backward`: AdamW steps in the hooks
+        from trainer.optim import StepInBackward
+
+        sib = StepInBackward(model.parameters(), lr=1e-5)
     model.train()
     gen = torch.Generator().manual_seed(prompt_len * 1000 + response_len)
     vocab = model.config.vocab_size
@@ -184,6 +194,8 @@ def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, m
         t, c = time.perf_counter(), time.process_time()
         loss = loss_fn(prompt, response)
         loss.backward()
+        if sib is not None:
+            sib.step()  # what the Trainer calls: a no-op, every weight stepped inside backward()
         dt = time.perf_counter() - t
         cpu.append((time.process_time() - c) / dt)
         model.zero_grad(set_to_none=True)
@@ -436,6 +448,13 @@ def _table(r: dict) -> str:
                      f"{v['ordinary_cpu_per_wall']:.2f}/{v['frozen_cpu_per_wall']:.2f}"))
     w = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines += ["  ".join(c.rjust(x) for c, x in zip(row, w)) for row in rows]
+    v, d = r["step_in_backward_1024"], r["lengths"]["1024/64"]
+    lines.append(f"   steady-state step peak (MB above the model and what the warm-up left) at 1024/64, full "
+                 f"weights: ordinary {d['ordinary_step_peak_mb']:.0f} / frozen {d['frozen_step_peak_mb']:.0f} "
+                 f"= {d['mem_ratio_after_warmup']:.2f}x; with AdamW stepped inside backward (--step-in-backward): "
+                 f"ordinary {v['ordinary_step_peak_mb']:.0f} / frozen {v['frozen_step_peak_mb']:.0f} = "
+                 f"{v['mem_ratio_after_warmup']:.2f}x, {v['ordinary_s']:.3f} / {v['frozen_s']:.3f} s = "
+                 f"{v['speedup']:.2f}x")
     lines.append("")
     lines.append(f"2. SFT step (forward + backward + AdamW), {r['sft_rows']} rows (~{r['sft_prompt_tokens_mean']:.0f}"
                  f"-token prompts, ~{r['sft_completion_tokens_mean']:.0f}-token completions), batch "
@@ -454,6 +473,11 @@ def _table(r: dict) -> str:
          ("  same, the context pass in float32 (exact)", f"{r['frozen_speedup_1024_exact']:.2f}", "", ""),
          ("frozen_mem_ratio_1024 (ordinary / frozen peak)", f"{r['frozen_mem_ratio_1024']:.2f}", ">= 3",
           _met("frozen_mem_ratio_1024", r["frozen_mem_ratio_1024"])),
+         ("  same, LoRA (the default method)", f"{r['frozen_mem_ratio_1024_lora']:.2f}", ">= 3",
+          _met("frozen_mem_ratio_1024", r["frozen_mem_ratio_1024_lora"])),
+         ("  same, full with --step-in-backward (steady state)",
+          f"{r['frozen_mem_ratio_1024_step_in_backward']:.2f}", ">= 3",
+          _met("frozen_mem_ratio_1024", r["frozen_mem_ratio_1024_step_in_backward"])),
          ("sft_vs_trl_time_ratio (ours / TRL)", f"{r['sft_vs_trl_time_ratio']:.3f}", "<= 1.1",
           _met("sft_vs_trl_time_ratio", r["sft_vs_trl_time_ratio"])),
          ("  same, step by step on the same batches (median)", f"{r['sft_vs_trl_paired_ratio']:.3f}", "", ""),
@@ -519,6 +543,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["frozen_speedup_1024_lora_exact"] = lora["speedup_exact"]
     result["context_dtype"] = lora["context_dtype"]
     result["frozen_mem_ratio_1024_lora"] = lora["mem_ratio"]
+    # full weights with AdamW stepped inside backward: no weight keeps its gradient past its own step. The
+    # warm-up step allocates AdamW's state (twice the weights), so the steady-state step is compared: the peak
+    # above what the warm-up left, i.e. above the loaded model and its optimizer state
+    sib = bench_backprop(steps, [(1024, 64)], "step_in_backward")["1024/64"]
+    result["step_in_backward_1024"] = sib
+    result["frozen_speedup_1024_step_in_backward"] = sib["speedup"]
+    result["frozen_mem_ratio_1024_step_in_backward"] = sib["mem_ratio_after_warmup"]
+    result["frozen_mem_ratio_1024_after_warmup"] = lengths["1024/64"]["mem_ratio_after_warmup"]
     result.update(bench_sft(max_steps, rounds))
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     result["load_avg_1m"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]

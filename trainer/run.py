@@ -57,6 +57,9 @@ class TrainConfig:
     context_dtype: str = field(default="auto", metadata={
         "help": "dtype of the context-frozen prompt pass: auto (bfloat16 for a float32 model on a CPU with native "
                 "bfloat16, else the model's) | model (exact) | bfloat16"})
+    step_in_backward: bool = field(default=False, metadata={
+        "help": "full only: each weight's AdamW step runs inside backward and its gradient is freed at once "
+                "(no gradient clipping or accumulation; one process)"})
     model: str = field(default="bundled", metadata={"help": "'bundled' (SmolLM2-135M-Instruct), a model id or path"})
     batch_size: int = field(default=4, metadata={"help": "examples per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "steps accumulated per optimizer update"})
@@ -84,6 +87,10 @@ class TrainConfig:
         if self.epochs <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
             raise InvalidDataset("epochs must be positive; batch size and grad accumulation at least 1; "
                                  "max length at least 2")
+        if self.step_in_backward:
+            from trainer.optim import check_step_in_backward
+
+            check_step_in_backward(method=self.method, grad_accum=self.grad_accum, optimizer=self.optimizer)
 
     @property
     def learning_rate(self) -> float:
@@ -351,6 +358,8 @@ def _build_trainer(config: TrainConfig, model, tok, rows, run_dir: Path, progres
                   # the frozen loss runs the response on the prompt's KV cache, which gradient
                   # checkpointing turns off; it saves the memory checkpointing would have saved anyway
                   activation_checkpointing=not config.frozen)
+    if config.step_in_backward:  # no global gradient norm ever exists: the hooks free each gradient as they step
+        common["max_grad_norm"] = 0.0
     peft_config = None
     if config.method == "lora":
         from peft import LoraConfig, PeftModel
@@ -370,18 +379,28 @@ def _build_trainer(config: TrainConfig, model, tok, rows, run_dir: Path, progres
         args = SFTConfig(**common, completion_only_loss=True)
         return _sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
                                     peft_config=peft_config, callbacks=callbacks, context_frozen=config.frozen,
-                                    context_dtype=config.context_dtype)
+                                    context_dtype=config.context_dtype, optimizers=_optimizers(config, model, args))
     if config.objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(**common, beta=config.beta)
         return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
-                          callbacks=callbacks)
+                          callbacks=callbacks, optimizers=_optimizers(config, model, args))
     from trl import KTOConfig, KTOTrainer
 
     args = KTOConfig(**common, beta=config.beta)
     return KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
-                      callbacks=callbacks)
+                      callbacks=callbacks, optimizers=_optimizers(config, model, args))
+
+
+def _optimizers(config: TrainConfig, model, args) -> tuple:
+    """The ``optimizers`` argument of a ``Trainer``: (None, None) lets it build its own AdamW."""
+    if not config.step_in_backward:
+        return (None, None)
+    from trainer.optim import StepInBackward
+
+    return (StepInBackward(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                           eps=args.adam_epsilon, weight_decay=args.weight_decay), None)
 
 
 def result_from_disk(home: str | os.PathLike, checkpoint_id: str) -> TrainResult:

@@ -231,3 +231,13 @@ def test_a_known_evaluation_of_the_parent_is_reused_only_on_the_same_probes(tiny
     calls.clear()
     train(_cfg(tiny_lm), ROWS, home=tmp_path, probes=PROBES, progress=False, before=first.after)
     assert len(calls) == 2  # an evaluation of another checkpoint (first, not the promoted second) is not reused
+
+
+def test_a_full_run_with_the_step_inside_backward_learns(tiny_lm, tmp_path):
+    result = train(_cfg(tiny_lm, method="full", max_steps=8, lr=5e-2, evaluate=False, step_in_backward=True), ROWS,
+                   home=tmp_path, progress=False)
+    losses = [s["loss"] for s in result.steps if "loss" in s]
+    assert losses[-1] < losses[0] * 0.3, losses
+    assert json.loads((result.run_dir / "config.json").read_text())["step_in_backward"] is True
+    with pytest.raises(InvalidDataset, match="--method full"):
+        _cfg(tiny_lm, step_in_backward=True)  # LoRA
