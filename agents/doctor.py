@@ -241,9 +241,14 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
     p = report.add("fts", db, f"the full-text index disagrees with the nodes: {what}; lexical search misses "
                               "or invents hits")
     if repair:
-        with conn:
-            conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('delete-all')")
-            conn.execute(FTS_REBUILD)
+        if "memory_text" not in {r[1] for r in conn.execute("PRAGMA table_xinfo(nodes)")}:
+            from graph.store import Store
+
+            Store(db, check=False).close()  # schema version 1: migrating rebuilds the index in the new layout
+        else:
+            with conn:
+                conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('delete-all')")
+                conn.execute(FTS_REBUILD)
         conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")
         p.repair, p.fixed = "rebuilt the full-text index from the nodes", True
 

@@ -56,6 +56,32 @@ def build_tiny_lm(path, seed: int = 0):
     return path
 
 
+def as_version_1(db) -> None:
+    """Rewrite a graph.db in the layout of schema version 1: one FTS5 column over ``nodes.text``."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    with conn:
+        for name in ("nodes_ai", "nodes_ad", "nodes_au"):
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DROP TABLE nodes_fts")
+        conn.execute("ALTER TABLE nodes DROP COLUMN memory_text")
+        conn.execute("ALTER TABLE nodes DROP COLUMN log_text")
+        conn.execute("CREATE VIRTUAL TABLE nodes_fts USING fts5(text, content='nodes', content_rowid='rowid', "
+                     "tokenize='porter unicode61 remove_diacritics 2')")
+        conn.execute("CREATE TRIGGER nodes_ai AFTER INSERT ON nodes WHEN new.text IS NOT NULL BEGIN "
+                     "INSERT INTO nodes_fts(rowid, text) VALUES (new.rowid, new.text); END")
+        conn.execute("INSERT INTO nodes_fts(rowid, text) SELECT rowid, text FROM nodes WHERE text IS NOT NULL")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+
+@pytest.fixture
+def version_1():
+    """:func:`as_version_1`, for tests in other folders (conftest is not importable under importlib mode)."""
+    return as_version_1
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory):
     """Path of a tiny causal LM (random weights, built locally) with a tokenizer and chat template."""

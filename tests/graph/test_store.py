@@ -174,25 +174,16 @@ def test_a_budget_bounds_the_rows_scored_to_the_newest(tmp_path):
         assert len(bounded) == 10 and old.id not in {i for i, _ in bounded}
 
 
-def test_a_version_1_graph_is_migrated_with_its_text_index(tmp_path):
+def test_a_version_1_graph_is_migrated_with_its_text_index(tmp_path, version_1):
     db = tmp_path / "graph.db"
     Store(db).close()
-    conn = sqlite3.connect(db)  # rebuild the version 1 layout: one FTS5 column over nodes.text
+    conn = sqlite3.connect(db)
     with conn:
-        for name in ("nodes_ai", "nodes_ad", "nodes_au"):
-            conn.execute(f"DROP TRIGGER {name}")
-        conn.execute("DROP TABLE nodes_fts")
-        conn.execute("ALTER TABLE nodes DROP COLUMN memory_text")
-        conn.execute("ALTER TABLE nodes DROP COLUMN log_text")
-        conn.execute("CREATE VIRTUAL TABLE nodes_fts USING fts5(text, content='nodes', content_rowid='rowid', "
-                     "tokenize='porter unicode61 remove_diacritics 2')")
-        conn.execute("CREATE TRIGGER nodes_ai AFTER INSERT ON nodes WHEN new.text IS NOT NULL BEGIN "
-                     "INSERT INTO nodes_fts(rowid, text) VALUES (new.rowid, new.text); END")
         conn.execute("INSERT INTO nodes (id, kind, scope, created, updated, text, data) VALUES "
                      "('memory_1', 'memory', 'default', 0, 0, 'kafka lesson', "
                      "'{\"kind\":\"memory\",\"scope\":\"default\",\"id\":\"memory_1\",\"created\":0}')")
-        conn.execute("PRAGMA user_version = 1")
     conn.close()
+    version_1(db)
     store = Store(db)
     try:
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -241,6 +241,23 @@ def test_a_full_text_index_out_of_step_is_rebuilt(home, capsys, figures):
     figures.record("FTS index out of step", "rebuilt", "lexical search finds the dropped turns again")
 
 
+def test_a_version_1_graph_s_text_index_is_rebuilt_in_the_new_layout(home, capsys, version_1):
+    """A graph from before memories had their own FTS5 column, never opened since: the repair migrates it."""
+    version_1(home / "graph.db")
+    conn = sqlite3.connect(home / "graph.db")
+    with conn:
+        conn.execute("INSERT INTO nodes_fts(nodes_fts, rowid, text) SELECT 'delete', rowid, text FROM nodes "
+                     "WHERE text LIKE '%widget3x%'")
+    conn.close()
+    code, report = _doctor(capsys)
+    assert code == 1 and [p["check"] for p in report["problems"]] == ["fts"], report["problems"]
+    code, report = _doctor(capsys, "--repair")
+    assert code == 0 and report["healthy"]
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:
+        assert g.store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert g.store.lexical("widget3x5", scope="alice", kinds=None, since=None, limit=5)
+
+
 def test_edges_to_missing_nodes_are_removed(home, capsys, figures):
     before = _census(home)
     _dangling(home / "graph.db")
