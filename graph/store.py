@@ -47,7 +47,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from graph.errors import DiskFull, GraphError, NodeNotFound, ScopeMismatch, StoreCorrupt
 from graph.records import Edge, Node, record_from_json
@@ -176,8 +176,17 @@ def fts_query(text: str, max_terms: int = 16) -> str | None:
     return _any_of(terms) if terms else None
 
 
-def bounded_query(terms: Sequence[str], counts: dict[str, int], budget: int) -> str | None:
-    """The FTS5 query for ``terms`` that ranks at most about ``budget`` rows, given each term's row count.
+JOINT_TRIES = 4  # counts a lexical search may spend on narrowing its rarest words down (about 0.1 ms each)
+
+
+def _all_of(terms: Sequence[str]) -> str:
+    return " AND ".join('"' + w.replace('"', '""') + '"' for w in terms)
+
+
+def bounded_query(terms: Sequence[str], counts: dict[str, int], budget: int, *,
+                  count_all: Callable[[Sequence[str]], int] | None = None, least: int = 1) -> tuple[str, int] | None:
+    """The FTS5 query for ``terms`` that ranks at most about ``budget`` rows, given each term's row count,
+    and how many rows (counted up to ``budget + 1``) its picking part matches; None if no term matches.
 
     BM25 has to score every row an OR query matches: at 100k nodes a query of
     a few common words matched up to 35k rows and took 20 ms at p95. When the
@@ -186,20 +195,42 @@ def bounded_query(terms: Sequence[str], counts: dict[str, int], budget: int) -> 
     fit the budget pick the rows (at least the rarest term), and every term
     still scores them, the rare ones counted twice. A term that matches
     nothing is left out. Within the budget it is the plain OR of the terms.
+
+    When even the rarest term matches more than ``budget`` rows, the rows that
+    hold the rarest terms together pick instead: ``count_all(terms)`` counts
+    the rows holding all of them, and terms are added rarest first until that
+    count fits the budget; a term is left out when fewer than ``least`` rows
+    would hold them all. At most ``JOINT_TRIES`` terms are tried.
+    Those rows are the ones BM25 ranks first anyway (each of the rarest terms
+    adds to their score); without them the budget could only keep the newest
+    rows of the rarest term.
     """
     present = [t for t in terms if counts.get(t, 0) > 0]
     if not present:
         return None
-    if sum(counts[t] for t in present) <= budget:
-        return _any_of(present)
+    everything = sum(counts[t] for t in present)
+    if everything <= budget:
+        return _any_of(present), everything
+    by_rarity = sorted(present, key=lambda t: counts[t])
     rare: list[str] = []
     total = 0
-    for t in sorted(present, key=lambda t: counts[t]):
+    for t in by_rarity:
         if rare and total + counts[t] > budget:
             break
         rare.append(t)
         total += counts[t]
-    return f"({_any_of(rare)}) AND ({_any_of(present)})"
+    pick, rows = _any_of(rare), total
+    if counts[by_rarity[0]] > budget and count_all is not None:
+        together = by_rarity[:1]
+        for t in by_rarity[1 : 1 + JOINT_TRIES]:
+            joint = count_all([*together, t])
+            if joint < least:
+                continue  # too few rows hold this one with the others: leave it out
+            together.append(t)
+            pick, rows = _all_of(together), joint
+            if joint <= budget:
+                break
+    return f"({pick}) AND ({_any_of(present)})", rows
 
 
 def _fts_column(kinds: Sequence[str] | None) -> str | None:
@@ -707,8 +738,9 @@ class Store:
         A search for memories only, or for no memories, reads only that FTS5 column, so its words are counted
         and ranked among the rows it can return. With ``budget``, a query whose words match more rows than
         that ranks the rows holding its rarest words (:func:`bounded_query`; each word's row count comes from
-        FTS5, up to ``budget + 1``), and of those at most the ``budget`` newest: BM25 then scores a bounded
-        number of rows however common the words are. When the rarest words are rare because other scopes hold
+        FTS5, up to ``budget + 1``), or, when even the rarest word is over the budget, the rows holding the
+        rarest words together; of those at most the ``budget`` newest: BM25 then scores a bounded number of
+        rows however common the words are. When the rarest words are rare because other scopes hold
         them, the newest rows with any of the words fill the result up.
         """
         terms = fts_terms(text)
@@ -718,12 +750,13 @@ class Store:
         if budget is None:
             return self._bm25(_any_of(terms), column, scope, kinds, since, limit, window=None)
         counts = self.term_counts(terms, cap=budget + 1, column=column)
-        query = bounded_query(terms, counts, budget)
-        if query is None:
+        bounded = bounded_query(terms, counts, budget, least=limit,
+                                count_all=lambda ts: self.match_counts([_all_of(ts)], cap=budget + 1, column=column)[0])
+        if bounded is None:
             return []
+        query, picked = bounded
         out = self._bm25(query, column, scope, kinds, since, limit, window=budget)
-        rarest = min(n for n in counts.values() if n)
-        if " AND " in query and len(out) < min(limit, rarest):  # the filters dropped rows of the rarest word
+        if " AND " in query and len(out) < min(limit, picked):  # the filters dropped rows the rarest words picked
             seen = {i for i, _ in out}
             wider = self._bm25(_any_of([t for t in terms if counts.get(t)]), column, scope, kinds, since, limit,
                                window=budget)
@@ -766,11 +799,19 @@ class Store:
         term would match; the cap keeps a common word's count cheap. ``column`` counts in one column only
         (``memory_text`` or ``log_text``).
         """
+        return dict(zip(terms, self.match_counts([_any_of([t]) for t in terms], cap=cap, column=column)))
+
+    def match_counts(self, queries: Sequence[str], *, cap: int, column: str | None = None) -> list[int]:
+        """How many rows of the lexical index (every scope) each FTS5 query matches, up to ``cap`` each, in one
+        statement."""
         one = f"(SELECT count(*) FROM (SELECT 1 FROM nodes_fts WHERE nodes_fts MATCH ? LIMIT {int(cap)}))"
-        sql = " UNION ALL ".join(f"SELECT {i}, {one}" for i in range(len(terms)))
+        sql = " UNION ALL ".join(f"SELECT {i}, {one}" for i in range(len(queries)))
         prefix = f"{{{column}}}: " if column else ""
-        rows = self.conn.execute(sql, [prefix + _any_of([t]) for t in terms]).fetchall()
-        return {terms[i]: n for i, n in rows}
+        rows = self.conn.execute(sql, [f"{prefix}({q})" for q in queries]).fetchall()
+        out = [0] * len(queries)
+        for i, n in rows:
+            out[i] = n
+        return out
 
     def counts(self, scope: str | None = None) -> dict[str, Any]:
         where, params = ("WHERE scope = ?", [scope]) if scope is not None else ("", [])

@@ -81,13 +81,34 @@ def test_fts_query_keeps_distinctive_words_and_escapes_quotes():
 def test_a_bounded_query_ranks_only_the_rows_of_the_rarest_words_past_its_budget():
     counts = {"kafka": 40, "upgrade": 900, "error": 5000, "ghost": 0}
     # within the budget: every word that matches anything, ORed
-    assert bounded_query(["kafka", "upgrade", "ghost"], counts, budget=1000) == '"kafka" OR "upgrade"'
+    assert bounded_query(["kafka", "upgrade", "ghost"], counts, budget=1000) == ('"kafka" OR "upgrade"', 940)
     # past it: the rarest words that fit pick the rows, every word scores them
     assert bounded_query(["error", "kafka", "upgrade"], counts, budget=1000) == (
-        '("kafka" OR "upgrade") AND ("error" OR "kafka" OR "upgrade")')
-    # the rarest word alone when even it is over the budget
-    assert bounded_query(["error", "upgrade"], counts, budget=500) == '("upgrade") AND ("error" OR "upgrade")'
+        '("kafka" OR "upgrade") AND ("error" OR "kafka" OR "upgrade")', 940)
+    # the rarest word alone when even it is over the budget, and nothing counts the rows holding several
+    assert bounded_query(["error", "upgrade"], counts, budget=500) == ('("upgrade") AND ("error" OR "upgrade")', 900)
     assert bounded_query(["ghost"], counts, budget=10) is None
+
+
+def test_past_the_budget_the_rarest_words_together_pick_the_rows():
+    counts = {"deploy": 9000, "invoice": 6000, "export": 7000, "weather": 8000}
+    held = {("invoice", "export"): 2500, ("invoice", "export", "weather"): 0, ("invoice", "export", "deploy"): 300,
+            ("invoice", "weather"): 10}
+    asked: list[tuple[str, ...]] = []
+
+    def count_all(terms):
+        asked.append(tuple(terms))
+        return held.get(tuple(terms), 0)
+
+    query, rows = bounded_query(["deploy", "invoice", "export", "weather"], counts, budget=1000,
+                                count_all=count_all, least=20)
+    # rarest first; "weather" would leave fewer than 20 rows, so it is left out and "deploy" is tried after it
+    assert asked == [("invoice", "export"), ("invoice", "export", "weather"), ("invoice", "export", "deploy")]
+    assert (query, rows) == ('("invoice" AND "export" AND "deploy") AND '
+                             '("deploy" OR "invoice" OR "export" OR "weather")', 300)
+    # too few rows hold any pair: the rarest word alone picks, as before
+    assert bounded_query(["deploy", "invoice"], counts, budget=1000, count_all=lambda terms: 5, least=20) == (
+        '("invoice") AND ("deploy" OR "invoice")', 6000)
 
 
 @pytest.fixture
@@ -160,6 +181,22 @@ def test_filters_that_drop_most_of_the_best_rows_fall_back_to_filtering_every_ro
                     for i in range(3)]
         hits = g.store.lexical("invoice", scope="me", kinds=["memory"], since=None, limit=2)
         assert [i for i, _ in hits] == [m.id for m in mine[:2]]
+
+
+def test_past_the_budget_the_rows_holding_the_rarest_words_together_are_ranked_however_old(tmp_path):
+    with MemoryGraph.open(GraphConfig(home=tmp_path, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        with g.transaction():
+            old = [g.add(Memory(text=f"the invoice export failed for customer {i}", memory_kind="note"))
+                   for i in range(3)]
+            for i in range(40):
+                g.add(Memory(text=f"invoice reminder {i}", memory_kind="note"))
+                g.add(Memory(text=f"export job {i}", memory_kind="note"))
+        kw = {"scope": g.resolve_scope(None), "kinds": ["memory"], "since": None, "limit": 3}
+        assert g.store.term_counts(["invoice", "export"], cap=11, column="memory_text") == {"invoice": 11, "export": 11}
+        # both words are over the budget of 10; the three rows holding both are the oldest, past the newest 10
+        assert {i for i, _ in g.store.lexical("invoice export", budget=10, **kw)} == {m.id for m in old}
+        ids = [i for i, _ in g.store.lexical("invoice export", budget=10, **kw)]
+        assert ids == [i for i, _ in g.store.lexical("invoice export", **kw)]  # the unbounded search's order
 
 
 def test_a_budget_bounds_the_rows_scored_to_the_newest(tmp_path):
