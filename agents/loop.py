@@ -191,8 +191,7 @@ class ChatLoop:
         with g.transaction():  # both turns and their surfaced edges, or nothing
             logged = g.log_turns(state["session"], turns, scope=state["scope"])
             if len(logged) == 2:
-                for s in surfaced:
-                    g.link(s["id"], logged[1].id, "surfaced", {"score": s["score"]})
+                g.link_many((s["id"], logged[1].id, "surfaced", {"score": s["score"]}) for s in surfaced)
         history = [*state.get("history", []), {"role": "user", "content": state["user"]}]
         if len(logged) == 2:
             history.append({"role": "assistant", "content": reply})

@@ -303,10 +303,15 @@ class MemoryGraph:
 
     def link(self, src: str, dst: str, kind: str | EdgeKind, data: dict | None = None) -> Edge:
         """Add an edge (idempotent per src, dst, kind). Both ends must exist in the same scope."""
-        edge = Edge(src=src, dst=dst, kind=kind.value if isinstance(kind, EdgeKind) else kind, data=data or {})
+        return self.link_many([(src, dst, kind, data)])[0]
+
+    def link_many(self, edges: Iterable[tuple[str, str, str | EdgeKind, dict | None]]) -> list[Edge]:
+        """Add several edges ``(src, dst, kind, data)`` in one transaction, all or nothing (see :meth:`link`)."""
+        out = [Edge(src=src, dst=dst, kind=kind.value if isinstance(kind, EdgeKind) else kind, data=data or {})
+               for src, dst, kind, data in edges]
         with self.store.write() as conn:
-            self.store.insert_edge(conn, edge)
-        return edge
+            self.store.insert_edges(conn, out)
+        return out
 
     def unlink(self, src: str, dst: str, kind: str | EdgeKind) -> bool:
         kind = Edge(src=src, dst=dst, kind=kind.value if isinstance(kind, EdgeKind) else kind).kind

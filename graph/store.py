@@ -596,22 +596,37 @@ class Store:
 
     def insert_edge(self, conn: sqlite3.Connection, edge: Edge) -> bool:
         """Insert ``edge`` inside the caller's transaction; both ends must exist in one scope."""
-        src_scope = self.node_scope(conn, edge.src)
-        dst_scope = self.node_scope(conn, edge.dst)
-        if src_scope != dst_scope:
-            raise ScopeMismatch(
-                f"edge {edge.kind} from {edge.src!r} (scope {src_scope!r}) to {edge.dst!r} "
-                f"(scope {dst_scope!r}): scopes never connect"
+        return self.insert_edges(conn, [edge])[0]
+
+    def insert_edges(self, conn: sqlite3.Connection, edges: Sequence[Edge]) -> list[bool]:
+        """Insert ``edges`` inside the caller's transaction, their ends' scopes read in one query; each edge's
+        ends must exist in one scope. Returns, per edge, False where it was already stored."""
+        ends = list({i for e in edges for i in (e.src, e.dst)})
+        scopes: dict[str, str] = {}
+        for chunk in _chunks(ends, 500):
+            marks = ",".join("?" * len(chunk))
+            scopes.update(conn.execute(f"SELECT id, scope FROM nodes WHERE id IN ({marks})", chunk).fetchall())
+        for e in edges:
+            for end in (e.src, e.dst):
+                if end not in scopes:
+                    raise NodeNotFound(f"no node with id {end!r}")
+            if scopes[e.src] != scopes[e.dst]:
+                raise ScopeMismatch(
+                    f"edge {e.kind} from {e.src!r} (scope {scopes[e.src]!r}) to {e.dst!r} "
+                    f"(scope {scopes[e.dst]!r}): scopes never connect"
+                )
+        added: list[bool] = []
+        for e in edges:
+            e.scope = scopes[e.src]
+            data = _dumps(e.data)
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO edges (src, dst, kind, scope, created, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (e.src, e.dst, e.kind, e.scope, e.created, data),
             )
-        edge.scope = src_scope
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO edges (src, dst, kind, scope, created, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (edge.src, edge.dst, edge.kind, edge.scope, edge.created, _dumps(edge.data)),
-        )
-        if cur.rowcount == 0:
-            return False
-        self._history(conn, "edge+", edge.src, edge.kind, edge.scope, None, edge.dst, _dumps(edge.data))
-        return True
+            added.append(cur.rowcount > 0)
+            if added[-1]:
+                self._history(conn, "edge+", e.src, e.kind, e.scope, None, e.dst, data)
+        return added
 
     def delete_edge(self, conn: sqlite3.Connection, src: str, dst: str, kind: str) -> bool:
         row = conn.execute("SELECT scope FROM edges WHERE src = ? AND dst = ? AND kind = ?", (src, dst, kind)).fetchone()

@@ -174,6 +174,26 @@ def test_link_is_idempotent_and_unlink(graph):
     assert graph.edges(u.id, kinds=["corrects"]) == []
 
 
+def test_link_many_adds_every_edge_or_none(graph):
+    u = graph.log_turn("s", "user", "x")
+    a = graph.log_turn("s", "assistant", "y")
+    m = graph.add(Memory(text="a note", memory_kind="note"))
+    other = graph.log_turn("s", "user", "z", scope="elsewhere")
+    history = graph.store.last_seq()
+    with pytest.raises(ScopeMismatch, match="scopes never connect"):
+        graph.link_many([(m.id, a.id, "surfaced", {"score": 0.5}), (m.id, other.id, "surfaced", None)])
+    with pytest.raises(NodeNotFound, match="missing"):
+        graph.link_many([(m.id, a.id, "surfaced", None), ("missing", a.id, "surfaced", None)])
+    assert graph.edges(m.id) == [] and graph.store.last_seq() == history  # nothing half-written
+    graph.link(u.id, a.id, "corrects")
+    edges = graph.link_many([(m.id, a.id, "surfaced", {"score": 0.5}), (m.id, u.id, "surfaced", None),
+                             (u.id, a.id, "corrects", None)])  # the last one is already stored
+    assert [(e.scope, e.data) for e in edges] == [("default", {"score": 0.5}), ("default", {}), ("default", {})]
+    assert {(e.dst, e.data.get("score")) for e in graph.edges(m.id)} == {(a.id, 0.5), (u.id, None)}
+    assert len(graph.edges(u.id, kinds=["corrects"])) == 1
+    assert graph.store.last_seq() == history + 3  # one history row per edge actually added
+
+
 # -- search ----------------------------------------------------------------------
 
 
