@@ -192,6 +192,8 @@ def test_link_many_adds_every_edge_or_none(graph):
     assert {(e.dst, e.data.get("score")) for e in graph.edges(m.id)} == {(a.id, 0.5), (u.id, None)}
     assert len(graph.edges(u.id, kinds=["corrects"])) == 1
     assert graph.store.last_seq() == history + 3  # one history row per edge actually added
+    graph.link_many([(u.id, m.id, "surfaced", None), (u.id, m.id, "surfaced", None)])  # twice in one call
+    assert len(graph.edges(u.id, kinds=["surfaced"], direction="out")) == 1 and graph.store.last_seq() == history + 4
 
 
 # -- search ----------------------------------------------------------------------
