@@ -269,7 +269,7 @@ class MemoryGraph:
                     self.store.insert_edge(conn, Edge(src=last[0], dst=turn.id, kind="next", scope=scope))
                 last = (turn.id, turn.index)
                 out.append(turn)
-        self.worker.notify()
+        self.store.after_commit(self.worker.notify)
         return out
 
     def add(self, node: Node, edges: Iterable[Edge | tuple[str, str, str]] = ()) -> Node:
@@ -287,7 +287,7 @@ class MemoryGraph:
             for e in edges:
                 self.store.insert_edge(conn, e if isinstance(e, Edge) else Edge(src=e[0], dst=e[1], kind=e[2]))
         if text is not None:
-            self.worker.notify()
+            self.store.after_commit(self.worker.notify)
         return node
 
     def update(self, node: Node) -> Node:
@@ -298,7 +298,7 @@ class MemoryGraph:
         with self.store.write() as conn:
             self.store.update_node(conn, node, text=text)
         if text is not None:
-            self.worker.notify()
+            self.store.after_commit(self.worker.notify)
         return node
 
     def link(self, src: str, dst: str, kind: str | EdgeKind, data: dict | None = None) -> Edge:
@@ -486,7 +486,7 @@ class MemoryGraph:
                     added_edges += self.store.insert_edge(conn, edge)
                 except NodeNotFound as e:
                     raise InvalidRecord(f"edge {edge.kind} {edge.src} -> {edge.dst}: {e}") from None
-        self.worker.notify()
+        self.store.after_commit(self.worker.notify)
         return {"nodes": added_nodes, "edges": added_edges}
 
     # -- stats and lifecycle -----------------------------------------------------

@@ -467,12 +467,14 @@ class Store:
         if conn.in_transaction:  # nested use joins the outer transaction
             yield conn
             return
+        self._local.after_commit = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
+                self._local.after_commit = []
                 if conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK")
@@ -487,6 +489,23 @@ class Store:
             self._discard(conn)  # after an I/O error SQLite may keep the connection in an error state
             raise failure from None
         self.checkpointer.notify()
+        callbacks, self._local.after_commit = self._local.after_commit, []
+        for fn in callbacks:
+            fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once this thread's outermost write transaction has committed, or now outside one.
+
+        A write nested in a caller's transaction (``graph.transaction()``) is
+        not committed when it returns: what it wakes (the embedding worker)
+        would find nothing new. A rolled-back transaction drops ``fn``; the
+        same ``fn`` registered twice runs once.
+        """
+        pending = getattr(self._local, "after_commit", None)
+        if not self.conn.in_transaction or pending is None:
+            fn()
+        elif fn not in pending:
+            pending.append(fn)
 
     # -- nodes -------------------------------------------------------------------
 

@@ -196,6 +196,26 @@ def test_link_many_adds_every_edge_or_none(graph):
     assert len(graph.edges(u.id, kinds=["surfaced"], direction="out")) == 1 and graph.store.last_seq() == history + 4
 
 
+def test_the_worker_is_woken_only_once_the_transaction_has_committed(graph, monkeypatch):
+    """Woken inside a caller's transaction, the worker found no new rows (they were not committed yet) and
+    slept until its next poll."""
+    woken: list[bool] = []  # whether the write transaction was still open when the worker was woken
+    monkeypatch.setattr(graph.worker, "notify", lambda: woken.append(graph.store.conn.in_transaction))
+    with graph.transaction():
+        turns = graph.log_turns("s", [{"role": "user", "text": "rename foo"}, {"role": "assistant", "text": "ok"}])
+        graph.add(Memory(text="prefers short names", memory_kind="preference"))
+        assert woken == []
+    assert woken == [False]  # once, after the commit
+    with pytest.raises(RuntimeError):
+        with graph.transaction():
+            graph.log_turn("s", "user", "never stored")
+            raise RuntimeError("the caller fails")
+    assert woken == [False]  # a rolled-back transaction wakes nothing
+    graph.log_turn("s", "user", "on its own")
+    assert woken == [False, False]
+    assert graph.flush() and turns[0].id in graph.index.ids("default")
+
+
 # -- search ----------------------------------------------------------------------
 
 

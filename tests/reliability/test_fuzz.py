@@ -314,6 +314,8 @@ def test_proxy_chat_body(proxy, error_log, figures):
            scope=_header)
     @example(raw=(Body(b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 5000 + b"}"), "bigint"),
              stream=None, chunked=False, session=None, scope=None)  # was a 500: int too long for json.loads
+    @example(raw=(Body(b'{"messages": [{"role": "user", "content": "' + b"x" * (LIMIT + 1) + b'"}]}'), "huge"),
+             stream=None, chunked=True, session=None, scope=None)  # a 413 every run, however few examples are drawn
     @example(raw=(Body(b'{"messages": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"), "nested"),
              stream=None, chunked=False, session=None, scope=None)  # was a 500: RecursionError in json.loads
     @example(raw=(Body(b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000000000000000000}'), "json"),
