@@ -578,12 +578,6 @@ class Store:
             raise NodeNotFound(f"no node with id {node_id!r}{where}")
         return found[node_id]
 
-    def node_scope(self, conn: sqlite3.Connection, node_id: str) -> str:
-        row = conn.execute("SELECT scope FROM nodes WHERE id = ?", (node_id,)).fetchone()
-        if row is None:
-            raise NodeNotFound(f"no node with id {node_id!r}")
-        return row[0]
-
     def list_nodes(self, *, scope: str | None = None, kind: str | None = None, session: str | None = None,
                    since: float | None = None, limit: int | None = None, newest_first: bool = False) -> list[Node]:
         sql = "SELECT kind, text, data FROM nodes WHERE 1=1"
