@@ -381,6 +381,17 @@ class MemoryGraph:
 
     # -- vectors -----------------------------------------------------------------
 
+    def defer_embedding(self):
+        """A context manager: the worker starts on what is written inside the block once it, and every other
+        open one, has ended. The agent loop holds it for a whole turn, so that embedding the new turns does not
+        compete for the CPU with the turn's own last steps::
+
+            with graph.defer_embedding():
+                graph.log_turns("s", turns)
+                ...  # the rest of the request, which the user waits for
+        """
+        return self.worker.deferred()
+
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every pending vector is in the index. False on timeout or without an index."""
         return self.worker.flush(timeout)

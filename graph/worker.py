@@ -11,6 +11,10 @@ store's history for deletions (``node-``) made by any process since
 forget, and the owner's index follows. Vectors of nodes deleted while they
 were being embedded are removed again at once.
 
+Inside :meth:`EmbedWorker.deferred`, wakes wait for the block to end: a chat
+turn writes its turns in its ``log`` step, and the worker's encode must not
+take the CPU from the turn's last steps (its LangGraph checkpoint).
+
 An embedding or index failure is logged and retried with back-off; it never
 takes the caller down and never loses the node (it stays pending).
 """
@@ -22,7 +26,8 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from graph.embed import Embedder
 from graph.index import VectorIndex
@@ -49,6 +54,9 @@ class EmbedWorker:
         self.max_chars = max_chars
         self.nice = nice
         self._wake = threading.Event()
+        self._defer_lock = threading.Lock()
+        self._deferring = 0  # open deferred() blocks, over all threads
+        self._owed = False  # a wake came while deferring
         self._idle = threading.Condition()
         self._busy = False
         self._stop = False
@@ -60,7 +68,29 @@ class EmbedWorker:
         self._thread.start()
 
     def notify(self) -> None:
+        """Wake the worker: new nodes are pending. Inside :meth:`deferred` the wake waits for the block's end."""
+        with self._defer_lock:
+            if self._deferring:
+                self._owed = True
+                return
         self._wake.set()
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold the worker's wakes until this block, and every other open one, has ended; then wake it once if
+        anything was written meanwhile. Its poll still runs, and :meth:`flush` still wakes it."""
+        with self._defer_lock:
+            self._deferring += 1
+        try:
+            yield
+        finally:
+            with self._defer_lock:
+                self._deferring -= 1
+                wake = self._deferring == 0 and self._owed
+                if wake:
+                    self._owed = False
+            if wake:
+                self._wake.set()
 
     def _lower_priority(self) -> None:
         """Run this thread ``nice`` steps below its process, so that the caller's commits and searches get
@@ -160,7 +190,7 @@ class EmbedWorker:
                 with self._idle:
                     if not self._busy:
                         return True
-            self.notify()
+            self._wake.set()  # not notify(): a flush inside deferred() must not wait for the block's end
             with self._idle:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -55,6 +55,22 @@ def test_run_and_stream_give_the_same_turn_and_run_stays_on_the_callers_thread(g
         lp.close()
 
 
+
+@pytest.mark.parametrize("how", ["run", "stream"])
+def test_the_worker_starts_on_a_turn_once_its_checkpoint_is_written(loop, graph, monkeypatch, how):
+    """Woken by the log step's commit, the worker's encode took the CPU from the turn's exit checkpoint."""
+    woken: list[list[dict]] = []  # the session's checkpointed history when the worker was woken
+    monkeypatch.setattr(graph.worker._wake, "set", lambda: woken.append(loop.history("s")))
+    if how == "run":
+        loop.run("s", "rename foo to bar")
+    else:
+        list(loop.stream("s", "rename foo to bar"))
+    assert [[m["role"] for m in h] for h in woken] == [["user", "assistant"]]  # once, after the checkpoint
+    monkeypatch.undo()
+    later = loop.run("s", "and baz too")
+    assert graph.flush() and later.user_turn in graph.index.ids("default")
+
+
 def test_history_is_checkpointed_per_session(loop, graph):
     loop.run("s", "first")
     loop.run("s", "second")

@@ -216,6 +216,27 @@ def test_the_worker_is_woken_only_once_the_transaction_has_committed(graph, monk
     assert graph.flush() and turns[0].id in graph.index.ids("default")
 
 
+
+def test_wakes_inside_defer_embedding_wait_for_the_outermost_block(graph, monkeypatch):
+    """The loop holds the worker's wake for a whole turn; writes inside the block wake it once, at the end."""
+    woken: list[int] = []  # how many blocks were still open when the worker was woken
+    monkeypatch.setattr(graph.worker._wake, "set", lambda: woken.append(graph.worker._deferring))
+    with graph.defer_embedding():
+        with graph.defer_embedding():  # another turn, in flight at the same time
+            turn = graph.log_turn("s", "user", "rename foo")
+        graph.add(Memory(text="prefers short names", memory_kind="preference"))
+        assert woken == []
+    assert woken == [0]  # once, when no block was open any more
+    with graph.defer_embedding():
+        pass
+    assert woken == [0]  # nothing written, nothing to wake for
+    monkeypatch.undo()
+    with graph.defer_embedding():
+        graph.log_turn("s", "assistant", "renamed")
+        assert graph.flush()  # a flush inside the block still wakes the worker
+        assert turn.id in graph.index.ids("default")
+
+
 # -- search ----------------------------------------------------------------------
 
 
