@@ -255,20 +255,23 @@ class MemoryGraph:
                         id=t.get("id") or "", created=t.get("created") or time.time())
             self._mark_truncated(turn, text)
             prepared.append(turn)
+        given = {t.get("id") for t in turns} - {None, ""}  # a new id of ours cannot be stored already
         out: list[Turn] = []
         with self.store.write() as conn:
             self._ensure_session(conn, scope, session)
             last = self.store.last_turn(conn, scope, session)
+            chain: list[Edge] = []
             for turn in prepared:
-                if self.store.exists(conn, turn.id):
+                if turn.id in given and self.store.exists(conn, turn.id):
                     out.append(self.store.get_node(turn.id))  # type: ignore[arg-type]
                     continue
                 turn.index = 0 if last is None else last[1] + 1
                 self.store.insert_node(conn, turn, text=turn.text, pos=turn.index)
                 if last is not None:
-                    self.store.insert_edge(conn, Edge(src=last[0], dst=turn.id, kind="next", scope=scope))
+                    chain.append(Edge(src=last[0], dst=turn.id, kind="next", scope=scope))
                 last = (turn.id, turn.index)
                 out.append(turn)
+            self.store.insert_edges(conn, chain, scope=scope)  # both ends are this session's turns
         self.store.after_commit(self.worker.notify)
         return out
 

@@ -611,35 +611,58 @@ class Store:
         """Insert ``edge`` inside the caller's transaction; both ends must exist in one scope."""
         return self.insert_edges(conn, [edge])[0]
 
-    def insert_edges(self, conn: sqlite3.Connection, edges: Sequence[Edge]) -> list[bool]:
-        """Insert ``edges`` inside the caller's transaction, their ends' scopes read in one query; each edge's
-        ends must exist in one scope. Returns, per edge, False where it was already stored."""
-        ends = list({i for e in edges for i in (e.src, e.dst)})
+    def insert_edges(self, conn: sqlite3.Connection, edges: Sequence[Edge], *, scope: str | None = None) -> list[bool]:
+        """Insert ``edges`` inside the caller's transaction; each edge's ends must exist in one scope. Returns,
+        per edge, False where it was already stored (or came earlier in ``edges``).
+
+        The ends' scopes are read in one query, unless the caller passes the ``scope`` it knows both ends of
+        every edge are in (it has just written or read them in this transaction). The edges and their history
+        rows go in as one statement each: the agent loop logs eight ``surfaced`` edges a turn.
+        """
+        if not edges:
+            return []
+        if scope is None:
+            scopes = self._scopes_of(conn, [i for e in edges for i in (e.src, e.dst)])
+            for e in edges:
+                for end in (e.src, e.dst):
+                    if end not in scopes:
+                        raise NodeNotFound(f"no node with id {end!r}")
+                if scopes[e.src] != scopes[e.dst]:
+                    raise ScopeMismatch(
+                        f"edge {e.kind} from {e.src!r} (scope {scopes[e.src]!r}) to {e.dst!r} "
+                        f"(scope {scopes[e.dst]!r}): scopes never connect"
+                    )
+                e.scope = scopes[e.src]
+        else:
+            for e in edges:
+                e.scope = scope
+        rows = [(e.src, e.dst, e.kind, e.scope, e.created, _dumps(e.data)) for e in edges]
+        before = conn.execute("SELECT coalesce(max(rowid), 0) FROM edges").fetchone()[0]
+        stored = conn.executemany(
+            "INSERT OR IGNORE INTO edges (src, dst, kind, scope, created, data) VALUES (?, ?, ?, ?, ?, ?)", rows
+        ).rowcount
+        if stored == len(rows):
+            added = [True] * len(rows)
+        else:  # some were there already: the new rows are the ones past the old last rowid
+            new = set(conn.execute("SELECT src, dst, kind FROM edges WHERE rowid > ?", (before,)).fetchall())
+            added = []
+            for r in rows:
+                added.append(r[:3] in new)
+                new.discard(r[:3])
+        now = time.time()
+        conn.executemany(
+            "INSERT INTO history (at, op, node, kind, scope, session, dst, payload) VALUES (?, 'edge+', ?, ?, ?, NULL, ?, ?)",
+            [(now, r[0], r[2], r[3], r[1], r[5]) for r, a in zip(rows, added) if a],
+        )
+        return added
+
+    def _scopes_of(self, conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
+        """The scope of each of these nodes that exists, by id."""
         scopes: dict[str, str] = {}
-        for chunk in _chunks(ends, 500):
+        for chunk in _chunks(list(set(ids)), 500):
             marks = ",".join("?" * len(chunk))
             scopes.update(conn.execute(f"SELECT id, scope FROM nodes WHERE id IN ({marks})", chunk).fetchall())
-        for e in edges:
-            for end in (e.src, e.dst):
-                if end not in scopes:
-                    raise NodeNotFound(f"no node with id {end!r}")
-            if scopes[e.src] != scopes[e.dst]:
-                raise ScopeMismatch(
-                    f"edge {e.kind} from {e.src!r} (scope {scopes[e.src]!r}) to {e.dst!r} "
-                    f"(scope {scopes[e.dst]!r}): scopes never connect"
-                )
-        added: list[bool] = []
-        for e in edges:
-            e.scope = scopes[e.src]
-            data = _dumps(e.data)
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO edges (src, dst, kind, scope, created, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (e.src, e.dst, e.kind, e.scope, e.created, data),
-            )
-            added.append(cur.rowcount > 0)
-            if added[-1]:
-                self._history(conn, "edge+", e.src, e.kind, e.scope, None, e.dst, data)
-        return added
+        return scopes
 
     def delete_edge(self, conn: sqlite3.Connection, src: str, dst: str, kind: str) -> bool:
         row = conn.execute("SELECT scope FROM edges WHERE src = ? AND dst = ? AND kind = ?", (src, dst, kind)).fetchone()

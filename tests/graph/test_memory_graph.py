@@ -192,6 +192,9 @@ def test_link_many_adds_every_edge_or_none(graph):
     assert {(e.dst, e.data.get("score")) for e in graph.edges(m.id)} == {(a.id, 0.5), (u.id, None)}
     assert len(graph.edges(u.id, kinds=["corrects"])) == 1
     assert graph.store.last_seq() == history + 3  # one history row per edge actually added
+    assert [(r[2], r[3], r[4], r[7], json.loads(r[8])) for r in graph.store.history_since(history)] == [
+        ("edge+", u.id, "corrects", a.id, {}), ("edge+", m.id, "surfaced", a.id, {"score": 0.5}),
+        ("edge+", m.id, "surfaced", u.id, {})]
     graph.link_many([(u.id, m.id, "surfaced", None), (u.id, m.id, "surfaced", None)])  # twice in one call
     assert len(graph.edges(u.id, kinds=["surfaced"], direction="out")) == 1 and graph.store.last_seq() == history + 4
 
