@@ -116,7 +116,9 @@ CREATE TABLE IF NOT EXISTS history (
     dst     TEXT,
     payload TEXT
 );
-CREATE INDEX IF NOT EXISTS history_node ON history(node);
+-- No index on history(node): no query reads history by node (forgetting scans it, for node or dst), and the
+-- index took 12 random pages of WAL a chat turn (one per history row), as many as every other table together.
+DROP INDEX IF EXISTS history_node;
 
 CREATE VIRTUAL TABLE IF NOT EXISTS nodes_fts USING fts5(
     log_text, memory_text, content='nodes', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'

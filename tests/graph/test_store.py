@@ -71,6 +71,21 @@ def test_reopening_keeps_everything(tmp_path):
         assert g.view.nx.has_edge(t.id, g.session_turns("s")[1].id)
 
 
+
+def test_an_older_graph_loses_the_unused_history_index_and_forgetting_still_clears_payloads(tmp_path):
+    cfg = GraphConfig(home=tmp_path, embedder="hashing")
+    with MemoryGraph.open(cfg, embedder=HashingEmbedder()) as g:
+        t = g.log_turn("s", "user", "my card number is 4111")
+        g.store.conn.execute("CREATE INDEX history_node ON history(node)")  # as graphs made before it was dropped
+    with MemoryGraph.open(cfg, embedder=HashingEmbedder()) as g:
+        conn = g.store.conn
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'history_node'").fetchall() == []
+        assert "4111" in conn.execute("SELECT group_concat(payload) FROM history WHERE node = ?", (t.id,)).fetchone()[0]
+        g.forget(session="s")
+        payloads = conn.execute("SELECT payload FROM history WHERE node = ? OR dst = ?", (t.id, t.id)).fetchall()
+        assert payloads and all(p[0] is None for p in payloads)
+
+
 def test_fts_query_keeps_distinctive_words_and_escapes_quotes():
     assert fts_query('Please rename "foo" to bar, and the BAR') == '"rename" OR "foo" OR "bar"'
     assert fts_query("the of and a") is None
