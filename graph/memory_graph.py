@@ -17,12 +17,14 @@ and the networkx view. Collaborators are injected, so tests pass fakes::
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Any, Iterable, Sequence
 
@@ -57,6 +59,20 @@ from graph.worker import EmbedWorker
 __all__ = ["MemoryGraph", "session_id", "turn_id"]
 
 log = logging.getLogger(__name__)
+
+_open_graphs: "weakref.WeakSet[MemoryGraph]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_graphs() -> None:
+    """Close the graphs a program left open when it exits. Its embedding worker was still running: the
+    interpreter's teardown pulled the worker's SQLite connection from under it (a segfault), and embedded
+    Chroma, not closed, was deleted and rebuilt from graph.db at the next open."""
+    for graph in list(_open_graphs):
+        try:
+            graph.close()
+        except Exception:  # exiting anyway: one graph's failure must not keep the others open
+            log.exception("closing the graph in %s at exit failed", graph.config.home)
 
 EXPORT_FORMAT = "mindloop-graph/1"
 
@@ -123,6 +139,7 @@ class MemoryGraph:
                                   since_seq=seen, nice=self.config.embed_nice)
         self.worker.notify()
         self._closed = False
+        _open_graphs.add(self)
 
     @classmethod
     def open(cls, config: GraphConfig | None = None, *, embedder: Embedder | None = None,

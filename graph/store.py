@@ -399,7 +399,8 @@ class Store:
             owned = self._local.owned = _Owned(self._connect())
             # Closed when its thread ends: LangGraph runs each turn's nodes on fresh threads, and a connection
             # kept for every thread that ever wrote leaked two files per chat turn until open() failed.
-            weakref.finalize(owned, self._discard, owned.conn)
+            # Not at exit: the thread may still be using it then (MemoryGraph closes its graphs at exit, in order).
+            weakref.finalize(owned, self._discard, owned.conn).atexit = False
         return owned.conn
 
     def _discard(self, conn: sqlite3.Connection) -> None:

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,6 +239,24 @@ def test_wakes_inside_defer_embedding_wait_for_the_outermost_block(graph, monkey
         graph.log_turn("s", "assistant", "renamed")
         assert graph.flush()  # a flush inside the block still wakes the worker
         assert turn.id in graph.index.ids("default")
+
+
+
+def test_a_program_that_exits_without_closing_its_graph_exits_cleanly(tmp_path):
+    """The worker, woken by the write, was still running at exit: the interpreter's teardown closed its SQLite
+    connection under it (a segfault), and embedded Chroma, never closed, was rebuilt at the next open."""
+    import subprocess
+
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+              "from graph import GraphConfig, HashingEmbedder, MemoryGraph\n"
+              f"g = MemoryGraph.open(GraphConfig(home={str(tmp_path)!r}), embedder=HashingEmbedder())\n"
+              "print(g.log_turn('s', 'user', 'rename foo to bar').id)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with MemoryGraph.open(GraphConfig(home=tmp_path), embedder=HashingEmbedder()) as g:
+        assert g.index.rebuilt is False  # closed at exit, so its vectors were kept
+        assert g.get(done.stdout.strip()).text == "rename foo to bar"
+        assert g.flush() and done.stdout.strip() in g.index.ids("default")
 
 
 # -- search ----------------------------------------------------------------------
