@@ -652,11 +652,7 @@ class Store:
             for r in rows:
                 added.append(r[:3] in new)
                 new.discard(r[:3])
-        now = time.time()
-        conn.executemany(
-            "INSERT INTO history (at, op, node, kind, scope, session, dst, payload) VALUES (?, 'edge+', ?, ?, ?, NULL, ?, ?)",
-            [(now, r[0], r[2], r[3], r[1], r[5]) for r, a in zip(rows, added) if a],
-        )
+        self._history_many(conn, [("edge+", r[0], r[2], r[3], None, r[1], r[5]) for r, a in zip(rows, added) if a])
         return added
 
     def _scopes_of(self, conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
@@ -726,9 +722,14 @@ class Store:
 
     def _history(self, conn: sqlite3.Connection, op: str, node: str, kind: str, scope: str, session: str | None,
                  dst: str | None, payload: str | None) -> None:
-        conn.execute(
+        self._history_many(conn, [(op, node, kind, scope, session, dst, payload)])
+
+    def _history_many(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """History rows ``(op, node, kind, scope, session, dst, payload)``, appended in one statement."""
+        now = time.time()
+        conn.executemany(
             "INSERT INTO history (at, op, node, kind, scope, session, dst, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), op, node, kind, scope, session, dst, payload),
+            [(now, *r) for r in rows],
         )
 
     def history_since(self, seq: int, limit: int = 100_000) -> list[tuple]:
