@@ -14,8 +14,9 @@ the conversation. Here:
 The logits equal the ordinary forward's; the gradient equals the ordinary
 gradient with the prompt's keys and values detached (the prompt is context to
 condition on, not something to change). Time and memory then grow with the
-response. Works for any causal LM that takes ``past_key_values`` (the bundled
-Llama-architecture SmolLM2, and PEFT/LoRA-wrapped models).
+response. Works for any causal LM that takes a KV cache (``cache``, or
+``past_key_values`` before transformers 5.25; see :func:`_cache_arg`): the
+bundled Llama-architecture SmolLM2, and PEFT/LoRA-wrapped models.
 
     >>> import torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -31,6 +32,14 @@ from __future__ import annotations
 
 __all__ = ["CONTEXT_DTYPES", "frozen_batch_loss", "frozen_response_logits", "frozen_response_loss",
            "ordinary_response_loss", "resolve_context_dtype"]
+
+
+def _cache_arg() -> str:
+    """The name transformers gives a forward's KV cache, as argument and as output field: ``cache`` from 5.25,
+    ``past_key_values`` before (5.25 still reads the old name, with a deprecation warning)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
 def resolve_context_dtype(model, setting: str = "auto"):
@@ -84,7 +93,7 @@ def _context_cache(model, dtype=None, **inputs):
             out = model(**inputs, use_cache=True, logits_to_keep=1)
         except TypeError:  # a model without logits_to_keep
             out = model(**inputs, use_cache=True)
-    past = out.past_key_values
+    past = getattr(out, _cache_arg())
     if dtype is not None:
         for layer in getattr(past, "layers", ()):
             if getattr(layer, "is_initialized", False):
@@ -106,7 +115,7 @@ def frozen_response_logits(model, prompt_ids, response_ids, context_dtype=None):
     context = prompt_ids[:, :-1]
     live = torch.cat([prompt_ids[:, -1:], response_ids[:, :-1]], dim=1)
     past = _context_cache(model, context_dtype, input_ids=context) if context.shape[1] else None
-    return model(input_ids=live, past_key_values=past, use_cache=past is not None).logits
+    return model(input_ids=live, **{_cache_arg(): past}, use_cache=past is not None).logits
 
 
 def frozen_response_loss(model, prompt_ids, response_ids, reduction: str = "mean", context_dtype=None):
@@ -169,7 +178,7 @@ def frozen_batch_loss(model, prompts, responses, pad_id: int = 0, context_dtype=
         ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
         past = _context_cache(model, context_dtype, input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos)
     mask = torch.cat([ctx_mask, live_mask], dim=1) if lc else live_mask
-    logits = model(input_ids=live_ids, attention_mask=mask, position_ids=live_pos, past_key_values=past,
+    logits = model(input_ids=live_ids, attention_mask=mask, position_ids=live_pos, **{_cache_arg(): past},
                    use_cache=past is not None).logits
     loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
