@@ -781,7 +781,7 @@ def _detect_offline(args) -> int:
     from graph import GraphConfig, load_config, make_embedder
 
     graph_cfg = load_config(GraphConfig, "graph", file=args.config)
-    embedder = make_embedder(graph_cfg.embedder, graph_cfg.embed_dtype)
+    embedder = make_embedder(graph_cfg.embedder, graph_cfg.embed_dtype, graph_cfg.embed_query_runtime)
     if args.train:
         import hashlib
 

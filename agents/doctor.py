@@ -591,7 +591,7 @@ def _check_vectors(config, report: Report, repair: bool, embedder, flush_timeout
             index.close()
             report.ok("vectors")
             return
-        embedder = embedder or make_embedder(config.embedder, config.embed_dtype)
+        embedder = embedder or make_embedder(config.embedder, config.embed_dtype, config.embed_query_runtime)
         graph = MemoryGraph(store, index, embedder, config)  # reconciles
         try:
             done = graph.flush(timeout=flush_timeout_s)

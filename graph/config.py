@@ -27,7 +27,7 @@ from typing import Any, Mapping, TypeVar
 
 from graph.errors import GraphError
 
-__all__ = ["ConfigError", "GraphConfig", "default_home", "load_config"]
+__all__ = ["ConfigError", "GraphConfig", "cache_root", "default_home", "load_config"]
 
 C = TypeVar("C")
 
@@ -44,6 +44,17 @@ def default_home() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("mindloop", appauthor=False))
+
+
+def cache_root() -> Path:
+    """Where derived model files are kept between runs (the de-quantised chat model, MiniLM's ONNX export):
+    ``$MINDLOOP_MODEL_CACHE``, else the per-user cache directory. Everything in it can be rebuilt."""
+    env = os.environ.get("MINDLOOP_MODEL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mindloop"))
 
 
 @dataclass
@@ -69,6 +80,12 @@ class GraphConfig:
         default="auto",
         metadata={"help": "precision MiniLM's weights are loaded in: 'auto' (bfloat16 on a CPU with native bfloat16, "
                           "else float32), 'model' (float32 as shipped) or 'bfloat16'"},
+    )
+    embed_query_runtime: str = field(
+        default="auto",
+        metadata={"help": "what embeds a search's query: 'onnx' (MiniLM exported once to ONNX, float32, run by "
+                          "ONNX Runtime), 'torch' (the loaded model) or 'auto' (onnx when onnxruntime is "
+                          "installed, else torch)"},
     )
     durability: str = field(
         default="full",
@@ -117,10 +134,13 @@ class GraphConfig:
             raise ConfigError(f"graph.durability must be 'full' or 'normal', got {self.durability!r}")
         if self.embedder not in ("minilm", "hashing"):
             raise ConfigError(f"graph.embedder must be 'minilm' or 'hashing', got {self.embedder!r}")
-        from graph.embed import EMBED_DTYPES
+        from graph.embed import EMBED_DTYPES, QUERY_RUNTIMES
 
         if self.embed_dtype not in EMBED_DTYPES:
             raise ConfigError(f"graph.embed_dtype must be 'auto', 'model' or 'bfloat16', got {self.embed_dtype!r}")
+        if self.embed_query_runtime not in QUERY_RUNTIMES:
+            raise ConfigError(f"graph.embed_query_runtime must be 'auto', 'onnx' or 'torch', "
+                              f"got {self.embed_query_runtime!r}")
         for name in ("max_text_bytes", "embed_max_chars", "embed_batch", "search_k", "search_candidates", "rrf_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"graph.{name} must be at least 1, got {getattr(self, name)!r}")

@@ -163,7 +163,7 @@ class MemoryGraph:
                 note = str(e)
                 log.warning("vector index unavailable, searching lexically and by graph only: %s", e)
         try:
-            embedder = embedder or make_embedder(config.embedder, config.embed_dtype)
+            embedder = embedder or make_embedder(config.embedder, config.embed_dtype, config.embed_query_runtime)
             graph = cls(store, index, embedder, config, open_index=open_index)
         except sqlite3.DatabaseError as e:  # a damaged page that quick_check did not reach (an index, say)
             if index is not None:

@@ -52,12 +52,11 @@ def bundled_cache(dtype) -> Path:
     root (default: the per-user cache dir); where it cannot be written, every
     load reads the GGUF file, as before.
     """
-    import platformdirs
+    from graph.config import cache_root
 
     folder, gguf = bundled_model()
     st = (Path(folder) / gguf).stat()
-    root = Path(os.environ.get("MINDLOOP_MODEL_CACHE") or platformdirs.user_cache_dir("mindloop"))
-    return root / f"{BUNDLED_NAME}-{st.st_size}-{st.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
+    return cache_root() / f"{BUNDLED_NAME}-{st.st_size}-{st.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
 
 
 def _cache_bundled(model, tokenizer, target: Path) -> None:

@@ -39,6 +39,8 @@ def test_short_env_names_and_tuples():
         ({"MINDLOOP_GRAPH_DURABILITY": "sometimes"}, "'full' or 'normal'"),
         ({"MINDLOOP_GRAPH_EMBEDDER": "word2vec"}, "'minilm' or 'hashing'"),
         ({"MINDLOOP_GRAPH_EMBED_DTYPE": "float16"}, "embed_dtype must be 'auto', 'model' or 'bfloat16'"),
+        ({"MINDLOOP_GRAPH_EMBED_QUERY_RUNTIME": "tensorrt"},
+         "embed_query_runtime must be 'auto', 'onnx' or 'torch', got 'tensorrt'"),
         ({"MINDLOOP_GRAPH_SEARCH_EDGE_KINDS": "next,likes"}, "unknown kinds \\['likes'\\]"),
     ],
 )

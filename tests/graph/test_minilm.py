@@ -67,16 +67,19 @@ def test_auto_follows_the_cpu(monkeypatch):
         assert e.dtype_used == want
 
 
-def test_an_unknown_dtype_is_refused_before_loading():
+def test_an_unknown_dtype_or_query_runtime_is_refused_before_loading():
     with pytest.raises(GraphError, match="embedder dtype must be one of auto, model, bfloat16, got 'fp8'"):
         MiniLMEmbedder(dtype="fp8")
+    with pytest.raises(GraphError, match="query_runtime must be one of auto, onnx, torch, got 'tvm'"):
+        MiniLMEmbedder(query_runtime="tvm")
 
 
-def test_a_query_runs_on_one_thread_fewer_and_leaves_every_other_thread_alone(minilm):
+def test_a_torch_query_runs_on_one_thread_fewer_and_leaves_every_other_thread_alone():
     import threading
 
     import torch
 
+    minilm = MiniLMEmbedder(query_runtime="torch")
     before = torch.get_num_threads()
     seen: dict[str, object] = {}
     real_embed = minilm.embed
@@ -97,4 +100,94 @@ def test_a_query_runs_on_one_thread_fewer_and_leaves_every_other_thread_alone(mi
     t.join()
     assert torch.get_num_threads() == before and fresh == [before]  # the caller's and a new thread's: untouched
     ref = minilm.embed(["Rename the variable to total_count."])[0]
-    assert q.shape == (384,) and float(q @ ref) > 0.9999
+    assert q.shape == (384,) and float(q @ ref) > 0.9999 and minilm.query_runtime_used == "torch"
+
+
+# -- queries on ONNX Runtime ------------------------------------------------------------------------------------
+
+
+def test_a_query_on_onnx_runtime_is_the_float32_model(minilm):
+    """The default query path runs the ONNX export: the float32 model's vectors, not an approximation of them."""
+    exact = MiniLMEmbedder(dtype="model", query_runtime="torch")
+    got = np.stack([minilm.embed_query(t) for t in TEXTS])
+    assert minilm.query_runtime_used == "onnx"
+    ref = exact.embed(TEXTS)  # the long text truncated the same way
+    assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    cos = (ref * got).sum(axis=1)
+    assert cos.min() > 0.99999, cos  # bfloat16 batches are only above 0.999
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, minilm):
+    """One real export, read back as bytes, for the cache tests (an export takes about 10 s)."""
+    minilm.embed_query("warm up")
+    from graph.embed import onnx_cache_file
+
+    return onnx_cache_file(minilm.path, minilm.name).read_bytes()
+
+
+def test_the_export_is_cached_and_the_next_embedder_reads_it(tmp_path, monkeypatch, exported, minilm):
+    monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(tmp_path / "cache"))
+    calls: list[str] = []
+    monkeypatch.setattr(graph.embed, "onnx_export", lambda path: calls.append(path) or exported)
+    first = MiniLMEmbedder()
+    q = first.embed_query("Rename the variable to total_count.")
+    cached = graph.embed.onnx_cache_file(first.path, first.name)
+    assert calls == [first.path] and cached.read_bytes() == exported
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary file left behind
+
+    second = MiniLMEmbedder()
+    again = second.embed_query("Rename the variable to total_count.")
+    assert calls == [first.path] and second.query_runtime_used == "onnx"  # read, not exported again
+    assert np.allclose(q, again, atol=1e-6) and float(q @ minilm.embed_query("Rename the variable to total_count.")) > 0.99999
+
+
+def test_a_damaged_cached_export_is_exported_again_and_replaced(tmp_path, monkeypatch, exported):
+    monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(tmp_path / "cache"))
+    e = MiniLMEmbedder()
+    cached = graph.embed.onnx_cache_file(e.path, e.name)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(exported[: len(exported) // 3])  # torn by a crash mid-write
+    calls: list[str] = []
+    monkeypatch.setattr(graph.embed, "onnx_export", lambda path: calls.append(path) or exported)
+    q = e.embed_query("bake a cake please")
+    assert calls == [e.path] and e.query_runtime_used == "onnx" and cached.read_bytes() == exported
+    assert float(q @ MiniLMEmbedder(dtype="model").embed(["bake a cake please"])[0]) > 0.99999
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_export(tmp_path, monkeypatch, exported):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(blocked / "cache"))  # cannot be created
+    monkeypatch.setattr(graph.embed, "onnx_export", lambda path: exported)
+    e = MiniLMEmbedder()
+    q = e.embed_query("bake a cake please")
+    assert e.query_runtime_used == "onnx" and q.shape == (384,) and blocked.read_text() == "not a folder"
+
+
+def test_without_onnxruntime_auto_falls_back_to_torch_and_onnx_says_what_is_missing(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if it were not installed
+    auto = MiniLMEmbedder()
+    q = auto.embed_query("Rename the variable to total_count.")
+    assert auto.query_runtime_used == "torch" and q.shape == (384,)
+    with pytest.raises(GraphError, match="'onnx' needs onnxruntime: pip install onnxruntime"):
+        MiniLMEmbedder(query_runtime="onnx").embed_query("x")
+
+
+def test_a_failed_export_falls_back_to_torch_under_auto_and_is_an_error_under_onnx(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(tmp_path / "cache"))
+
+    def fail(path):
+        raise ModuleNotFoundError("No module named 'onnxscript'")
+
+    monkeypatch.setattr(graph.embed, "onnx_export", fail)
+    auto = MiniLMEmbedder()
+    with caplog.at_level("WARNING", logger="graph.embed"):
+        q = auto.embed_query("Rename the variable to total_count.")
+    assert auto.query_runtime_used == "torch" and q.shape == (384,)
+    assert "cannot run all-MiniLM-L6-v2 on ONNX Runtime: No module named 'onnxscript'" in caplog.text
+    with pytest.raises(GraphError, match="cannot run all-MiniLM-L6-v2 on ONNX Runtime: No module named 'onnxscript'"):
+        MiniLMEmbedder(query_runtime="onnx").embed_query("x")
+    assert not (tmp_path / "cache").exists()  # nothing half-written
