@@ -303,10 +303,11 @@ def _scheduler_options(p: argparse.ArgumentParser) -> None:
 
 
 def _open_graph(args: argparse.Namespace):
-    from graph import GraphConfig, MemoryGraph, load_config
+    from graph import GraphConfig, load_config
+    from trainer.export import open_graph
 
     config = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home})
-    return MemoryGraph.open(config)
+    return open_graph(config)
 
 
 def _print(args: argparse.Namespace, data: Any, human: str) -> None:

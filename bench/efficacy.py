@@ -62,17 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     from agents.patterns import update_patterns
     from agents.reader import Reader
     from agents.signal import SignalAgent
-    from graph import GraphConfig, MemoryGraph
+    from graph import GraphConfig
     from graph.conversations import import_conversations
     from trainer.checkpoints import Checkpoints
     from trainer.data import rows_from_examples
     from trainer.evaluate import builtin_probes, evaluate, probes_from_examples, steering_direction
+    from trainer.export import open_graph
     from trainer.model import load_model
     from trainer.run import TrainConfig, record_run, train
 
     started = time.perf_counter()
     home = Path(args.home or tempfile.mkdtemp(prefix="mindloop-efficacy-"))
-    with MemoryGraph.open(GraphConfig(home=home)) as graph:
+    with open_graph(GraphConfig(home=home)) as graph:
         for name in ("conversations.jsonl", "corrections.jsonl"):
             import_conversations(graph, (ROOT / "examples" / "data" / name).read_text("utf-8").splitlines())
         backend = LocalBackend("bundled")

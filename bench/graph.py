@@ -29,7 +29,9 @@ One run measures, against a raw baseline on the same machine and texts:
   runs ``SentenceTransformer.encode`` on the model as the library loads it
   by default, float32 (a second instance when the graph's is bfloat16).
   ``embed_dtype_used`` records what the graph's ran in; ``--embed-dtype
-  model`` compares like for like, both float32.
+  model`` compares like for like, both float32. A search's query runs on
+  ``--query-runtime`` (``graph.embed_query_runtime``; by default the float32
+  ONNX export on ONNX Runtime), recorded in ``query_runtime_used``.
 - ``search_breakdown_p50_ms_<size>``: our search's steps run one by one on
   50 queries, p50 ms. ``lexical_n50`` is BM25 as search runs it, bounded by
   ``GraphConfig.search_lexical_budget``; ``lexical_unbounded_n50`` ORs every
@@ -68,7 +70,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
-from graph.embed import EMBED_DTYPES  # noqa: E402
+from graph.embed import EMBED_DTYPES, QUERY_RUNTIMES  # noqa: E402
+from trainer.export import onnx_export  # noqa: E402
 
 SCOPE = "bench"
 TARGETS = {  # metric: (comparison, target)
@@ -709,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic texts (default: 0)")
     ap.add_argument("--embed-dtype", choices=EMBED_DTYPES, default="auto",
                     help="precision of the graph's MiniLM (graph.embed_dtype); raw always runs float32 encode()")
+    ap.add_argument("--query-runtime", choices=QUERY_RUNTIMES, default="auto",
+                    help="what embeds the graph's search query (graph.embed_query_runtime; default: ONNX Runtime)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -717,15 +722,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mindloop-bench-"))
     try:
         _say("loading MiniLM")
-        emb = MiniLMEmbedder(dtype=args.embed_dtype)
+        emb = MiniLMEmbedder(dtype=args.embed_dtype, query_runtime=args.query_runtime, onnx_exporter=onnx_export)
         emb.embed(["warm up the model"] * 4)
+        emb.embed_query("warm up the model")  # exports MiniLM to ONNX on a machine that has none cached yet
         # raw is the library as it loads by default (float32); with --embed-dtype model both sides share one model
         raw_model = emb.model if emb.dtype_used == "float32" else MiniLMEmbedder(dtype="model").model
         raw_model.encode(["warm up the model"] * 4)
         result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
                         "seed": args.seed, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "machine": _machine(), "embed_batch": GraphConfig(home=tmp).embed_batch,
-                        "embed_dtype": args.embed_dtype, "embed_dtype_used": emb.dtype_used}
+                        "embed_dtype": args.embed_dtype, "embed_dtype_used": emb.dtype_used,
+                        "query_runtime": args.query_runtime, "query_runtime_used": emb.query_runtime_used}
         result.update(bench_ingest(emb, raw_model, tmp, 4 if args.quick else 8, 500, args.seed))
         sizes = [10_000] if args.quick else [10_000, 100_000]
         result.update(bench_search(emb, raw_model, tmp, sizes, 100 if args.quick else 200, args.seed))

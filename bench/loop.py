@@ -57,6 +57,7 @@ from agents.backends import ScriptedBackend  # noqa: E402
 from agents.loop import ChatLoop  # noqa: E402
 from graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
 from graph.embed import EMBED_DTYPES, QUERY_RUNTIMES  # noqa: E402
+from trainer.export import onnx_export  # noqa: E402
 
 TOPICS = ("the deploy pipeline", "invoice exports", "the onboarding email", "unit tests", "the sales dashboard",
           "SQL migrations", "the mobile app", "API rate limits", "the quarterly report", "the team offsite",
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [10_000] if args.quick else [10_000, 100_000]
     n_turns = 300 if args.quick else 500
-    emb = MiniLMEmbedder(dtype=args.embed_dtype, query_runtime=args.query_runtime)
+    emb = MiniLMEmbedder(dtype=args.embed_dtype, query_runtime=args.query_runtime, onnx_exporter=onnx_export)
     emb.embed(["warm up"])
     emb.embed_query("warm up")  # exports MiniLM to ONNX on a machine that has no export cached yet
     # raw is the library as it loads by default (float32); with --embed-dtype model both sides share one model

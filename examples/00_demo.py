@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT / "examples"))  # the scripted user of the replays
 
 from graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
 from graph.conversations import import_conversations  # noqa: E402
+from trainer.export import open_graph  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "conversations.jsonl"
 CORRECTIONS = ROOT / "examples" / "data" / "corrections.jsonl"
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     section("mindloop demo: the memory graph")
-    with MemoryGraph.open(GraphConfig(home=home)) as graph:
+    with open_graph(GraphConfig(home=home)) as graph:
         console.print(f"data dir: {home}  (SQLite WAL + embedded Chroma, embedder {graph.embedder.name})")
         report = import_conversations(graph, DATA.read_text(encoding="utf-8").splitlines())
         console.print(f"logged {report.conversations} conversations, {report.turns_added} turns "

@@ -84,9 +84,10 @@ def data_dir(home: str | None, *, fast: bool) -> Iterator[Path]:
 
 
 def open_graph(home: Path, *, fast: bool):
-    from graph import GraphConfig, MemoryGraph
+    from graph import GraphConfig
+    from trainer.export import open_graph as open_with_exporter
 
-    return MemoryGraph.open(GraphConfig(home=home, embedder="hashing" if fast else "minilm"))
+    return open_with_exporter(GraphConfig(home=home, embedder="hashing" if fast else "minilm"))
 
 
 def model_source(name: str, home: Path) -> str:

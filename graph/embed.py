@@ -13,8 +13,10 @@ Cosine similarity (a dot product here) is higher for closer texts.
   similarity to the float32 ones is above 0.999 (``dtype="model"`` keeps
   float32). A search's query (``embed_query``, one short text) is run
   instead by ONNX Runtime on the model exported once to ONNX in float32
-  (``query_runtime``): a short text is dominated by the per-module Python
-  overhead of a torch forward, not by its arithmetic (see :func:`onnx_export`).
+  (``query_runtime``, :data:`OnnxExporter`): on a short text, torch's
+  module-by-module dispatch from Python is a large share of the time. The
+  graph never imports torch, so the export is handed in from above
+  (``trainer.export``); without it a cached export is still used.
 - :class:`HashingEmbedder`: character n-grams hashed into a fixed width.
   Deterministic and fast, and it still ranks strings that share words and
   spellings together, so tests that check ranking mean something.
@@ -33,14 +35,14 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from graph.errors import GraphError
 
 __all__ = ["EMBED_DTYPES", "HEAVY_IMPORTS", "QUERY_RUNTIMES", "Embedder", "HashingEmbedder", "MiniLMEmbedder",
-           "cpu_has_native_bf16", "make_embedder", "minilm_path", "onnx_export"]
+           "OnnxExporter", "cpu_has_native_bf16", "make_embedder", "minilm_path", "onnx_cache_file", "onnx_session"]
 
 # Held while importing transformers (or sentence-transformers, which imports it) for the first time. transformers 5
 # resolves its names lazily, and a thread that asks for one while another thread is still running the package's
@@ -124,6 +126,12 @@ def cpu_has_native_bf16() -> bool:
 EMBED_DTYPES = ("auto", "model", "bfloat16")
 QUERY_RUNTIMES = ("auto", "onnx", "torch")
 
+OnnxExporter = Callable[[str], bytes]
+"""Makes the query model: the sentence-transformers model in a folder as one serialised float32 ONNX graph whose
+inputs are its tokenizer's outputs (``input_ids``, ``attention_mask``, ...; any batch size and length) and whose
+output is the sentence embedding, as ``SentenceTransformer.forward`` computes it. That takes torch's exporter, so
+the graph is given one (:func:`trainer.export.onnx_export`) and never imports torch itself."""
+
 
 class MiniLMEmbedder(Embedder):
     """all-MiniLM-L6-v2 (384 dimensions) through sentence-transformers, loaded lazily and offline.
@@ -133,15 +141,17 @@ class MiniLMEmbedder(Embedder):
     (:func:`cpu_has_native_bf16`) and float32 elsewhere. Vectors always come back float32, normalised in float32.
     ``dtype_used`` says what was loaded, once it has been.
 
-    ``query_runtime``: what :meth:`embed_query` runs on. ``"onnx"``: the model exported to ONNX in float32
-    (:func:`onnx_export`, once per machine, then read from :func:`graph.config.cache_root`), run by ONNX Runtime on
-    one core fewer than the process may use; ``"torch"``: the loaded model, on a thread whose OpenMP leaves a core;
-    ``"auto"``: onnx on the CPU when onnxruntime is installed, else torch. ``query_runtime_used`` says which, once
-    the first query has run. Batches (``embed``) always run on the loaded model: there bfloat16 arithmetic wins.
+    ``query_runtime``: what :meth:`embed_query` runs on. ``"onnx"``: the model exported to ONNX in float32 (by
+    ``onnx_exporter`` once per machine, then read from :func:`onnx_cache_file`), run by ONNX Runtime on one core
+    fewer than the process may use; ``"torch"``: the loaded model, on a thread whose OpenMP leaves a core;
+    ``"auto"``: onnx on the CPU when onnxruntime is installed and an export is cached or can be made, else torch.
+    ``query_runtime_used`` says which, once the first query has run. Batches (``embed``) always run on the loaded
+    model: there bfloat16 arithmetic wins.
     """
 
     def __init__(self, path: str | None = None, device: str = "cpu", batch_size: int = 64,
-                 dtype: str = "auto", query_runtime: str = "auto") -> None:
+                 dtype: str = "auto", query_runtime: str = "auto",
+                 onnx_exporter: OnnxExporter | None = None) -> None:
         if dtype not in EMBED_DTYPES:
             raise GraphError(f"embedder dtype must be one of {', '.join(EMBED_DTYPES)}, got {dtype!r}")
         if query_runtime not in QUERY_RUNTIMES:
@@ -154,6 +164,7 @@ class MiniLMEmbedder(Embedder):
         self.dtype_used: str | None = None
         self.query_runtime = query_runtime
         self.query_runtime_used: str | None = None
+        self.onnx_exporter = onnx_exporter
         self.dim = 384
         self.name = "all-MiniLM-L6-v2"
         self._model = None
@@ -211,10 +222,9 @@ class MiniLMEmbedder(Embedder):
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector, on ONNX Runtime or torch as ``query_runtime`` says (see the class docstring).
 
-        On 2 cores, a search's BM25 runs on the other core meanwhile. Through torch, one short text costs about as
-        much in Python as in arithmetic (six layers of small modules); ONNX Runtime runs the same float32 graph
-        without it: 4.1 ms p50 against 10.4 ms for the bfloat16 torch path and 11.9 ms for float32 ``encode()``,
-        in a probe of 300 queries here (docs/benchmarks.md)."""
+        On 2 cores, a search's BM25 runs on the other core meanwhile. ONNX Runtime runs the float32 graph in
+        4.1-4.9 ms p50 against 10.4 ms for the bfloat16 torch path and 11.9 ms for float32 ``encode()``, in a probe
+        of 300 queries here (docs/graph.md)."""
         session = self._query_session()
         if session is None:
             return self._torch_query(text)
@@ -248,12 +258,21 @@ class MiniLMEmbedder(Embedder):
             log.info("onnxruntime is not installed: search queries are embedded by torch")
             return None
         try:
-            return onnx_session(self.path, self.name)
-        except Exception as e:  # no exporter (onnx / onnxscript missing), or a model it cannot export
+            session = onnx_session(self.path, self.name, self.onnx_exporter)
+        except Exception as e:  # the exporter failed (onnx / onnxscript missing, a model it cannot export)
             if wanted == "onnx":
                 raise GraphError(f"cannot run {self.name} on ONNX Runtime: {e}") from e
             log.warning("search queries are embedded by torch: cannot run %s on ONNX Runtime: %s", self.name, e)
             return None
+        if session is None:
+            where = onnx_cache_file(self.path, self.name)
+            if wanted == "onnx":
+                raise GraphError(f"graph.embed_query_runtime = 'onnx', but no ONNX export of {self.name} is cached "
+                                 f"({where}) and this embedder was given no exporter: open the graph through "
+                                 f"trainer.export.open_graph (the mindloop command does), or set it to 'torch'")
+            log.info("search queries are embedded by torch: no ONNX export of %s is cached (%s) and no exporter "
+                     "was given", self.name, where)
+        return session
 
     def _torch_query(self, text: str) -> np.ndarray:
         """One query, on a thread of ours whose OpenMP runs one thread fewer than the machine has (at least one).
@@ -276,60 +295,19 @@ class MiniLMEmbedder(Embedder):
 _ONNX_FORMAT = 1
 
 
-def onnx_export(path: str) -> bytes:
-    """The sentence-transformers model in folder ``path`` as one float32 ONNX graph, serialised.
-
-    Its inputs are the model's tokenizer outputs (``input_ids``, ``attention_mask``, ...), any batch size and
-    length; its output is the sentence embedding, pooling and normalisation included, exactly as
-    ``SentenceTransformer.forward`` computes it. Exported with torch's own exporter
-    (``torch.onnx.export(dynamo=True)``, which needs the ``onnx`` and ``onnxscript`` packages): about 8 s on 2
-    cores, which is why :func:`onnx_session` keeps the result.
-    """
-    import warnings
-
-    with HEAVY_IMPORTS:
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(path, device="cpu")  # float32 as shipped, whatever the embedder runs batches in
-    model.requires_grad_(False).eval()
-    prepare = getattr(model, "preprocess", None) or model.tokenize
-    sample = prepare(["an example sentence for tracing the graph", "and a shorter one"])
-    names = [k for k, v in sample.items() if isinstance(v, torch.Tensor)]
-    constants = {k: v for k, v in sample.items() if k not in names}  # e.g. sentence-transformers 6's "modality"
-
-    class Pipeline(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *tensors):
-            return self.model({**constants, **dict(zip(names, tensors))})["sentence_embedding"]
-
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=max(model.max_seq_length or 512, 16))
-    # one line per torchvision operator it skips ("torchvision is not installed"): not ours to act on
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():  # the exporter's notes on deprecated torch.export internals
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(Pipeline(), tuple(sample[n] for n in names), dynamo=True, input_names=names,
-                                        dynamic_shapes=(tuple({0: batch, 1: length} for _ in names),),
-                                        optimize=True, verbose=False)
-    finally:
-        registration.setLevel(level)
-    return program.model_proto.SerializeToString()
-
-
 def onnx_cache_file(path: str, name: str) -> Path:
     """Where the ONNX export of the model in ``path`` is kept: named after every file of the folder (name, size,
-    mtime), the torch that exported it and :data:`_ONNX_FORMAT`, so a reinstalled model is exported anew."""
-    import torch
+    mtime), the installed torch (whose exporter made it) and :data:`_ONNX_FORMAT`, so a reinstalled model or torch
+    is exported anew."""
+    from importlib import metadata
 
     from graph.config import cache_root
 
-    key = hashlib.sha256(f"{_ONNX_FORMAT}|{torch.__version__}".encode())
+    try:
+        exporter = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        exporter = "no torch"
+    key = hashlib.sha256(f"{_ONNX_FORMAT}|{exporter}".encode())
     root = Path(path)
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         st = f.stat()
@@ -337,10 +315,11 @@ def onnx_cache_file(path: str, name: str) -> Path:
     return cache_root() / "onnx" / f"{name}-{key.hexdigest()[:16]}.onnx"
 
 
-def onnx_session(path: str, name: str):
-    """An ONNX Runtime session on the model in ``path``: from the cached export when it loads, else exported now
-    (:func:`onnx_export`) and cached, whole or not at all (a temporary file, then a rename). A damaged cached file
-    is exported again and replaced; a cache that cannot be written only costs the export at the next start."""
+def onnx_session(path: str, name: str, exporter: OnnxExporter | None = None):
+    """An ONNX Runtime session on the model in ``path``: from the cached export when it loads, else exported now by
+    ``exporter`` and cached, whole or not at all (a temporary file, then a rename); None when there is neither. A
+    damaged cached file is exported again and replaced; a cache that cannot be written only costs the export at the
+    next start."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -354,9 +333,14 @@ def onnx_session(path: str, name: str):
         try:
             return ort.InferenceSession(str(cached), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # a torn or foreign file: export again below
+            if exporter is None:
+                raise GraphError(f"the cached ONNX export {cached} does not load ({e}) and there is no exporter "
+                                 f"to make it again") from None
             log.warning("exporting %s to ONNX again: the cached %s does not load: %s", name, cached, e)
+    if exporter is None:
+        return None
     log.info("exporting %s to ONNX for search queries (once; kept in %s)", name, cached)
-    data = onnx_export(path)
+    data = exporter(path)
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
@@ -381,11 +365,12 @@ def _leave_a_core() -> None:
     threadpool_limits(limits=max(1, have - 1), user_api="openmp")
 
 
-def make_embedder(name: str, dtype: str = "auto", query_runtime: str = "auto") -> Embedder:
+def make_embedder(name: str, dtype: str = "auto", query_runtime: str = "auto",
+                  onnx_exporter: OnnxExporter | None = None) -> Embedder:
     """The embedder a :class:`graph.GraphConfig` names: ``minilm`` (batches in ``dtype``, queries on
-    ``query_runtime``) or ``hashing``."""
+    ``query_runtime``, made by ``onnx_exporter`` when that is ONNX Runtime) or ``hashing``."""
     if name == "minilm":
-        return MiniLMEmbedder(dtype=dtype, query_runtime=query_runtime)
+        return MiniLMEmbedder(dtype=dtype, query_runtime=query_runtime, onnx_exporter=onnx_exporter)
     if name == "hashing":
         return HashingEmbedder()
     raise GraphError(f"unknown embedder {name!r}; allowed: minilm, hashing")

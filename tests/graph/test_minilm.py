@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def minilm():
-    return MiniLMEmbedder()
+    from trainer.export import onnx_export  # the graph never imports torch: the exporter comes from the trainer
+
+    return MiniLMEmbedder(onnx_exporter=onnx_export)
 
 
 def test_embeddings_are_normalised_and_semantic(minilm):
@@ -129,14 +131,13 @@ def exported(tmp_path_factory, minilm):
 def test_the_export_is_cached_and_the_next_embedder_reads_it(tmp_path, monkeypatch, exported, minilm):
     monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(tmp_path / "cache"))
     calls: list[str] = []
-    monkeypatch.setattr(graph.embed, "onnx_export", lambda path: calls.append(path) or exported)
-    first = MiniLMEmbedder()
+    first = MiniLMEmbedder(onnx_exporter=lambda path: calls.append(path) or exported)
     q = first.embed_query("Rename the variable to total_count.")
     cached = graph.embed.onnx_cache_file(first.path, first.name)
     assert calls == [first.path] and cached.read_bytes() == exported
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary file left behind
 
-    second = MiniLMEmbedder()
+    second = MiniLMEmbedder()  # no exporter: what the graph opened on its own gets, once an export is cached
     again = second.embed_query("Rename the variable to total_count.")
     assert calls == [first.path] and second.query_runtime_used == "onnx"  # read, not exported again
     assert np.allclose(q, again, atol=1e-6) and float(q @ minilm.embed_query("Rename the variable to total_count.")) > 0.99999
@@ -148,8 +149,12 @@ def test_a_damaged_cached_export_is_exported_again_and_replaced(tmp_path, monkey
     cached = graph.embed.onnx_cache_file(e.path, e.name)
     cached.parent.mkdir(parents=True)
     cached.write_bytes(exported[: len(exported) // 3])  # torn by a crash mid-write
+    without = MiniLMEmbedder()  # nothing to export with: torch, and the torn file is left for one that can
+    assert without.embed_query("x").shape == (384,) and without.query_runtime_used == "torch"
+    with pytest.raises(GraphError, match="does not load .* and there is no exporter to make it again"):
+        MiniLMEmbedder(query_runtime="onnx").embed_query("x")
     calls: list[str] = []
-    monkeypatch.setattr(graph.embed, "onnx_export", lambda path: calls.append(path) or exported)
+    e.onnx_exporter = lambda path: calls.append(path) or exported
     q = e.embed_query("bake a cake please")
     assert calls == [e.path] and e.query_runtime_used == "onnx" and cached.read_bytes() == exported
     assert float(q @ MiniLMEmbedder(dtype="model").embed(["bake a cake please"])[0]) > 0.99999
@@ -159,8 +164,7 @@ def test_a_cache_that_cannot_be_written_costs_only_the_export(tmp_path, monkeypa
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(blocked / "cache"))  # cannot be created
-    monkeypatch.setattr(graph.embed, "onnx_export", lambda path: exported)
-    e = MiniLMEmbedder()
+    e = MiniLMEmbedder(onnx_exporter=lambda path: exported)
     q = e.embed_query("bake a cake please")
     assert e.query_runtime_used == "onnx" and q.shape == (384,) and blocked.read_text() == "not a folder"
 
@@ -182,12 +186,36 @@ def test_a_failed_export_falls_back_to_torch_under_auto_and_is_an_error_under_on
     def fail(path):
         raise ModuleNotFoundError("No module named 'onnxscript'")
 
-    monkeypatch.setattr(graph.embed, "onnx_export", fail)
-    auto = MiniLMEmbedder()
+    auto = MiniLMEmbedder(onnx_exporter=fail)
     with caplog.at_level("WARNING", logger="graph.embed"):
         q = auto.embed_query("Rename the variable to total_count.")
     assert auto.query_runtime_used == "torch" and q.shape == (384,)
     assert "cannot run all-MiniLM-L6-v2 on ONNX Runtime: No module named 'onnxscript'" in caplog.text
     with pytest.raises(GraphError, match="cannot run all-MiniLM-L6-v2 on ONNX Runtime: No module named 'onnxscript'"):
-        MiniLMEmbedder(query_runtime="onnx").embed_query("x")
+        MiniLMEmbedder(query_runtime="onnx", onnx_exporter=fail).embed_query("x")
     assert not (tmp_path / "cache").exists()  # nothing half-written
+
+
+def test_without_an_exporter_or_a_cached_export_auto_runs_torch_and_onnx_says_how_to_get_one(tmp_path, monkeypatch,
+                                                                                              caplog):
+    monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(tmp_path / "cache"))
+    auto = MiniLMEmbedder()
+    with caplog.at_level("INFO", logger="graph.embed"):
+        q = auto.embed_query("Rename the variable to total_count.")
+    assert auto.query_runtime_used == "torch" and q.shape == (384,)
+    assert "no ONNX export of all-MiniLM-L6-v2 is cached" in caplog.text
+    with pytest.raises(GraphError, match="no ONNX export of all-MiniLM-L6-v2 is cached .* given no exporter: open "
+                                         "the graph through trainer.export.open_graph"):
+        MiniLMEmbedder(query_runtime="onnx").embed_query("x")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_mindloop_command_opens_the_graph_with_the_exporter(tmp_path):
+    """What a user's graph gets: the trainer's exporter, so its first search makes the ONNX export."""
+    from trainer.export import graph_embedder, onnx_export, open_graph
+
+    config = GraphConfig(home=tmp_path / "g")
+    assert graph_embedder(config).onnx_exporter is onnx_export
+    with open_graph(config) as g:
+        assert g.embedder.onnx_exporter is onnx_export
+    assert graph_embedder(GraphConfig(home=tmp_path / "h", embedder="hashing")).name == "hashing-384"
