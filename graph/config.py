@@ -85,7 +85,7 @@ class GraphConfig:
         default="auto",
         metadata={"help": "what embeds a search's query: 'onnx' (MiniLM exported once to ONNX, float32, run by "
                           "ONNX Runtime), 'torch' (the loaded model) or 'auto' (onnx when onnxruntime is "
-                          "installed, else torch)"},
+                          "installed and an export is cached or can be made, else torch)"},
     )
     durability: str = field(
         default="full",
