@@ -27,8 +27,8 @@ measures the loop under sustained load rather than a turn's latency.
 
 Commands (from the repository root):
 
-    .venv/bin/python bench/loop.py --quick          # ~4 min on 2 CPU cores: 10k memories
-    .venv/bin/python bench/loop.py                  # ~20 min on 2 CPU cores: 10k and 100k memories
+    .venv/bin/python bench/loop.py --quick          # 1-2 min on 2 CPU cores: 10k memories
+    .venv/bin/python bench/loop.py                  # 4-8 min on 2 CPU cores: 10k and 100k memories
     .venv/bin/python bench/loop.py --quick --json   # one JSON object on stdout
 
 Figures and machine: docs/benchmarks.md.
