@@ -4,7 +4,8 @@ The graph never imports torch (ARCHITECTURE.md: graph is the bottom layer, and t
 fast path for a search's query is MiniLM on ONNX Runtime, and only torch's exporter can produce that graph. So the
 export lives here and is handed down: :func:`graph_embedder` is the embedder a ``GraphConfig`` names, able to
 export MiniLM once when no export is cached yet, and :func:`open_graph` opens a graph with it. Whatever opens the
-graph for a user (the CLI, the doctor, the examples, the benchmarks) opens it through here.
+graph for a user (the CLI, the examples) opens it through here; the benchmarks hand :func:`onnx_export` to the
+embedder they build.
 
     >>> import tempfile
     >>> from graph import GraphConfig
