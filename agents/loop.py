@@ -189,10 +189,9 @@ class ChatLoop:
                               meta={"surfaced": user_meta["surfaced"]}))
         elif reply is not None:
             user_meta["error"] = "the model returned an empty reply"
-        with g.transaction():  # both turns and their surfaced edges, or nothing
-            logged = g.log_turns(state["session"], turns, scope=state["scope"])
-            if len(logged) == 2:
-                g.link_many((s["id"], logged[1].id, "surfaced", {"score": s["score"]}) for s in surfaced)
+        # Both turns and the surfaced edges to the reply: one transaction, all or nothing.
+        links = [(s["id"], 1, "surfaced", {"score": s["score"]}) for s in surfaced] if len(turns) == 2 else []
+        logged = g.log_turns(state["session"], turns, scope=state["scope"], links=links)
         history = [*state.get("history", []), {"role": "user", "content": state["user"]}]
         if len(logged) == 2:
             history.append({"role": "assistant", "content": reply})

@@ -246,7 +246,8 @@ class MemoryGraph:
                                               latency_ms=latency_ms, meta=meta, id=id, created=created)],
                               scope=scope)[0]
 
-    def log_turns(self, session: str, turns: Sequence[dict[str, Any]], *, scope: str | None = None) -> list[Turn]:
+    def log_turns(self, session: str, turns: Sequence[dict[str, Any]], *, scope: str | None = None,
+                  links: Iterable[tuple[str, int, str | EdgeKind, dict | None]] = ()) -> list[Turn]:
         """Append several turns to one session in one transaction (all or nothing).
 
         Each dict has ``role`` and ``text`` and may have ``model``,
@@ -254,6 +255,12 @@ class MemoryGraph:
         turn whose ``id`` is already stored is skipped (imports use
         content-derived ids, so repeating an import adds nothing); the
         returned list then holds the stored turn.
+
+        ``links`` are edges ``(src, i, kind, data)`` from a stored node to
+        ``turns[i]``, added in the same transaction: the agent loop's
+        ``surfaced`` edges. A ``src`` that is not (or no longer) in the scope
+        is skipped rather than failing the log: a memory forgotten while the
+        reply was generated must not cost the turn.
         """
         scope = self.resolve_scope(scope)
         if not isinstance(session, str) or not session.strip():
@@ -272,23 +279,40 @@ class MemoryGraph:
                         id=t.get("id") or "", created=t.get("created") or time.time())
             self._mark_truncated(turn, text)
             prepared.append(turn)
+        wanted = [Edge(src=src, dst="", kind=kind.value if isinstance(kind, EdgeKind) else kind, data=data or {})
+                  for src, _, kind, data in links]
+        at = [i for _, i, _, _ in links]
+        for i in at:
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(prepared):
+                raise InvalidRecord(f"a link's turn must be a position in turns (0 to {len(prepared) - 1}), got {i!r}")
         given = {t.get("id") for t in turns} - {None, ""}  # a new id of ours cannot be stored already
         out: list[Turn] = []
         with self.store.write() as conn:
-            self._ensure_session(conn, scope, session)
             last = self.store.last_turn(conn, scope, session)
+            if last is None:  # a session with turns has its node already: they are only ever deleted together
+                self._ensure_session(conn, scope, session)
             chain: list[Edge] = []
+            new: list[tuple[Node, str | None, int | None]] = []
+            adding: dict[str, Turn] = {}
             for turn in prepared:
-                if turn.id in given and self.store.exists(conn, turn.id):
-                    out.append(self.store.get_node(turn.id))  # type: ignore[arg-type]
-                    continue
+                if turn.id in given:
+                    if turn.id in adding:  # the same id twice in this call
+                        out.append(adding[turn.id])
+                        continue
+                    if self.store.exists(conn, turn.id):
+                        out.append(self.store.get_node(turn.id))  # type: ignore[arg-type]
+                        continue
                 turn.index = 0 if last is None else last[1] + 1
-                self.store.insert_node(conn, turn, text=turn.text, pos=turn.index)
+                new.append((turn, turn.text, turn.index))
+                adding[turn.id] = turn
                 if last is not None:
                     chain.append(Edge(src=last[0], dst=turn.id, kind="next", scope=scope))
                 last = (turn.id, turn.index)
                 out.append(turn)
-            self.store.insert_edges(conn, chain, scope=scope)  # both ends are this session's turns
+            self.store.insert_nodes(conn, new)
+            for e, i in zip(wanted, at):
+                e.dst = out[i].id
+            self.store.insert_edges_from(conn, chain + wanted, scope=scope)
         self.store.after_commit(self.worker.notify)
         return out
 

@@ -149,12 +149,20 @@ _STOPWORDS = frozenset(
 _TEXT_FIELD = {"turn": "text", "memory": "text"}
 
 
+_INSERT_NODE = ("INTO nodes (id, kind, scope, session, pos, created, updated, text, data, vec, rev) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_HISTORY = "INSERT INTO history (at, op, node, kind, scope, session, dst, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
 def _new_rev() -> int:
     return secrets.randbits(62)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps builds one per call
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def fts_terms(text: str, max_terms: int = 16) -> list[str]:
@@ -471,13 +479,16 @@ class Store:
             yield conn
             return
         self._local.after_commit = []
+        self._local.history = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                self._flush_history(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 self._local.after_commit = []
+                self._local.history = []
                 if conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK")
@@ -515,22 +526,31 @@ class Store:
     def insert_node(self, conn: sqlite3.Connection, node: Node, *, text: str | None, pos: int | None = None,
                     or_ignore: bool = False) -> bool:
         """Insert ``node`` inside the caller's transaction. Returns False if ignored as present."""
+        row, payload = self._node_row(node, text, pos)
+        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+        if conn.execute(f"{verb} {_INSERT_NODE}", row).rowcount == 0:
+            return False
+        self._history(conn, "node+", node.id, node.kind, node.scope, node.session, None, payload)
+        return True
+
+    def insert_nodes(self, conn: sqlite3.Connection, nodes: Sequence[tuple[Node, str | None, int | None]]) -> None:
+        """Insert new nodes ``(node, text, pos)`` inside the caller's transaction, in one statement."""
+        rows = [self._node_row(node, text, pos) for node, text, pos in nodes]
+        conn.executemany(f"INSERT {_INSERT_NODE}", [r for r, _ in rows])
+        self._history_many(conn, [("node+", n.id, n.kind, n.scope, n.session, None, payload)
+                                  for (n, _, _), (_, payload) in zip(nodes, rows)])
+
+    @staticmethod
+    def _node_row(node: Node, text: str | None, pos: int | None) -> tuple[tuple, str]:
+        """The ``nodes`` row of ``node`` and its history payload (the whole record, text included)."""
         data = node.to_json()
+        payload = _dumps(data)
         field = _TEXT_FIELD.get(node.kind)
         if field:
             data.pop(field, None)
-        now = time.time()
-        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
-        cur = conn.execute(
-            f"{verb} INTO nodes (id, kind, scope, session, pos, created, updated, text, data, vec, rev) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (node.id, node.kind, node.scope, node.session, pos, node.created, now, text, _dumps(data),
-             None if text is None else 0, _new_rev()),
-        )
-        if cur.rowcount == 0:
-            return False
-        self._history(conn, "node+", node.id, node.kind, node.scope, node.session, None, _dumps(node.to_json()))
-        return True
+        row = (node.id, node.kind, node.scope, node.session, pos, node.created, time.time(), text, _dumps(data),
+               None if text is None else 0, _new_rev())
+        return row, payload
 
     def update_node(self, conn: sqlite3.Connection, node: Node, *, text: str | None) -> None:
         data = node.to_json()
@@ -655,6 +675,33 @@ class Store:
         self._history_many(conn, [("edge+", r[0], r[2], r[3], None, r[1], r[5]) for r, a in zip(rows, added) if a])
         return added
 
+    def insert_edges_from(self, conn: sqlite3.Connection, edges: Sequence[Edge], *, scope: str) -> list[Edge]:
+        """Insert ``edges`` to nodes this transaction has just written in ``scope``, in one statement; return the
+        ones added. The statement itself finds each ``src`` in ``scope``: an edge whose ``src`` is not there is
+        skipped, not an error (``MemoryGraph.log_turns``' links), and one already stored is left as it is.
+        """
+        added: list[tuple[Edge, str]] = []
+        for chunk in _chunks(list(edges), 500):
+            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            data = [_dumps(e.data) for e in chunk]
+            params: list[Any] = [x for e, d in zip(chunk, data) for x in (e.src, e.dst, e.kind, e.created, d)]
+            rows = conn.execute(
+                f"WITH v(src, dst, kind, created, data) AS (VALUES {values}) "
+                "INSERT OR IGNORE INTO edges (src, dst, kind, scope, created, data) "
+                # CROSS JOIN keeps v outside, so each src is one primary-key lookup; +scope keeps the scope index out
+                "SELECT v.src, v.dst, v.kind, n.scope, v.created, v.data FROM v CROSS JOIN nodes AS n "
+                "ON n.id = v.src AND +n.scope = ? RETURNING src, dst, kind",
+                [*params, scope],
+            ).fetchall()
+            stored = set(rows)
+            for e, d in zip(chunk, data):
+                if (e.src, e.dst, e.kind) in stored:
+                    stored.discard((e.src, e.dst, e.kind))  # the same edge twice in ``edges`` is added once
+                    e.scope = scope
+                    added.append((e, d))
+        self._history_many(conn, [("edge+", e.src, e.kind, scope, None, e.dst, d) for e, d in added])
+        return [e for e, _ in added]
+
     def _scopes_of(self, conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
         """The scope of each of these nodes that exists, by id."""
         scopes: dict[str, str] = {}
@@ -707,6 +754,7 @@ class Store:
             params.append(session)
         rows = conn.execute(sql, params).fetchall()
         ids = [r[0] for r in rows]
+        self._flush_history(conn)  # the payloads below are cleared in rows this transaction may have added
         for chunk in _chunks(rows, 500):
             marks = ",".join("?" * len(chunk))
             chunk_ids = [r[0] for r in chunk]
@@ -724,16 +772,29 @@ class Store:
                  dst: str | None, payload: str | None) -> None:
         self._history_many(conn, [(op, node, kind, scope, session, dst, payload)])
 
-    def _history_many(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
-        """History rows ``(op, node, kind, scope, session, dst, payload)``, appended in one statement."""
+    def _history_many(self, conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+        """History rows ``(op, node, kind, scope, session, dst, payload)``, appended in order.
+
+        Inside :meth:`write` they are held until the transaction is about to commit and then go in as one
+        statement: a chat turn's writes (two turns, their edges) made five statements of one row or a few.
+        """
         now = time.time()
-        conn.executemany(
-            "INSERT INTO history (at, op, node, kind, scope, session, dst, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(now, *r) for r in rows],
-        )
+        held = getattr(self._local, "history", None)
+        if held is not None and conn.in_transaction:
+            held.extend((now, *r) for r in rows)
+            return
+        conn.executemany(_INSERT_HISTORY, [(now, *r) for r in rows])
+
+    def _flush_history(self, conn: sqlite3.Connection) -> None:
+        """Write the history rows held for this transaction (before it commits, or before history is read)."""
+        held = getattr(self._local, "history", None)
+        if held:
+            conn.executemany(_INSERT_HISTORY, held)
+            held.clear()
 
     def history_since(self, seq: int, limit: int = 100_000) -> list[tuple]:
         """History rows after ``seq``: (seq, at, op, node, kind, scope, session, dst, payload)."""
+        self._flush_history(self.conn)
         return self.conn.execute(
             "SELECT seq, at, op, node, kind, scope, session, dst, payload FROM history WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
@@ -741,12 +802,14 @@ class Store:
 
     def deletions_since(self, seq: int, *, upto: int | None = None, limit: int = 10_000) -> list[tuple[int, str, str]]:
         """Node deletions logged after ``seq`` (and up to ``upto``): (seq, node id, scope), oldest first."""
+        self._flush_history(self.conn)
         return self.conn.execute(
             "SELECT seq, node, scope FROM history WHERE seq > ? AND seq <= ? AND op = 'node-' ORDER BY seq LIMIT ?",
             (seq, upto if upto is not None else 2**62, limit),
         ).fetchall()
 
     def last_seq(self) -> int:
+        self._flush_history(self.conn)
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
 
     # -- vectors bookkeeping -----------------------------------------------------

@@ -104,6 +104,25 @@ def test_relevant_memories_are_surfaced_and_recorded(graph):
         loop.close()
 
 
+def test_a_memory_forgotten_while_the_model_replies_does_not_cost_the_turn(graph):
+    """The surfaced edges go in with the turns; one to a memory deleted meanwhile used to fail the whole log."""
+    graph.add(Memory(text="When asked to rename, just rename.", memory_kind="lesson", session="notes"))
+    assert graph.flush()
+
+    def reply(messages):
+        graph.forget(session="notes")  # the user forgets the memory while the reply is generated
+        return "Renamed."
+
+    loop = ChatLoop(graph, ScriptedBackend(reply), surfacer=Surfacer(graph, SurfaceConfig(min_similarity=0.9)))
+    try:
+        result = loop.run("s", "please rename the module to utils")
+        assert len(result.surfaced) == 1 and result.error is None
+        assert [t.text for t in graph.session_turns("s")] == ["please rename the module to utils", "Renamed."]
+        assert graph.edges(result.assistant_turn, kinds=["surfaced"]) == []
+    finally:
+        loop.close()
+
+
 def test_surfacing_respects_the_token_budget(graph):
     for i in range(5):
         graph.add(Memory(text=f"rename rule number {i}: " + "always rename exactly " * 10, memory_kind="lesson"))

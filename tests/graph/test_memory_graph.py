@@ -28,6 +28,7 @@ from graph import (
     TextTooLarge,
     UnknownKind,
 )
+from graph.memory_graph import session_id
 
 
 def db_rows(graph, sql, *params):
@@ -198,6 +199,57 @@ def test_link_many_adds_every_edge_or_none(graph):
         ("edge+", m.id, "surfaced", u.id, {})]
     graph.link_many([(u.id, m.id, "surfaced", None), (u.id, m.id, "surfaced", None)])  # twice in one call
     assert len(graph.edges(u.id, kinds=["surfaced"], direction="out")) == 1 and graph.store.last_seq() == history + 4
+
+
+def test_log_turns_links_stored_nodes_to_the_new_turns_in_the_same_transaction(graph):
+    kept = graph.add(Memory(text="kept", memory_kind="lesson"))
+    gone = graph.add(Memory(text="forgotten meanwhile", memory_kind="lesson", session="old"))
+    graph.forget(session="old")
+    elsewhere = graph.add(Memory(text="other scope", memory_kind="lesson", scope="other"))
+    history = graph.store.last_seq()
+    user, reply = graph.log_turns("s", [dict(role="user", text="q"), dict(role="assistant", text="a")], links=[
+        (kept.id, 1, "surfaced", {"score": 0.9}), (gone.id, 1, "surfaced", {"score": 0.8}),
+        (elsewhere.id, 1, "surfaced", None), (kept.id, 1, "surfaced", {"score": 0.1})])
+    # the forgotten memory and the other scope's are skipped, not an error that loses the turns; the repeat adds nothing
+    assert sorted((e.src, e.kind, e.data.get("score")) for e in graph.edges(reply.id, direction="in")) == sorted(
+        [(user.id, "next", None), (kept.id, "surfaced", 0.9)])
+    rows = [(r[2], r[3], r[7]) for r in graph.store.history_since(history)]
+    assert rows[:3] == [("node+", session_id("default", "s"), None), ("node+", user.id, None), ("node+", reply.id, None)]
+    assert sorted(rows[3:]) == sorted([("edge+", user.id, reply.id), ("edge+", kept.id, reply.id)])
+    nxt = graph.log_turns("s", [dict(role="user", text="q2")], links=[(reply.id, 0, "corrects", None)])[0]
+    assert {(e.src, e.kind) for e in graph.edges(nxt.id, direction="in")} == {(reply.id, "next"), (reply.id, "corrects")}
+
+
+@pytest.mark.parametrize("link, error, message", [
+    (("m", 2, "surfaced", None), InvalidRecord, "a position in turns"),
+    (("m", "1", "surfaced", None), InvalidRecord, "a position in turns"),
+    (("m", True, "surfaced", None), InvalidRecord, "a position in turns"),
+    (("m", 0, "liked", None), UnknownKind, "unknown edge kind 'liked'")])
+def test_log_turns_rejects_bad_links_and_writes_nothing(graph, link, error, message):
+    history = graph.store.last_seq()
+    with pytest.raises(error, match=message):
+        graph.log_turns("s", [dict(role="user", text="q"), dict(role="assistant", text="a")], links=[link])
+    assert graph.session_turns("s") == [] and graph.store.last_seq() == history
+
+
+def test_history_rows_held_in_a_transaction_keep_their_order_and_are_dropped_with_it(graph):
+    history = graph.store.last_seq()
+    m = graph.add(Memory(text="note", memory_kind="note"))
+    with pytest.raises(RuntimeError), graph.transaction():
+        graph.log_turn("s", "user", "lost")
+        graph.link(m.id, graph.log_turn("s", "assistant", "lost too").id, "surfaced")
+        raise RuntimeError
+    assert graph.store.last_seq() == history + 1 and graph.session_turns("s") == []
+    with graph.transaction():
+        t = graph.log_turn("s", "user", "kept")
+        assert graph.store.last_seq() == history + 3  # read inside the transaction: the held rows are there
+        graph.link(m.id, t.id, "surfaced")
+        graph.forget(session="s")  # clears the payloads of rows this transaction added
+    sid = session_id("default", "s")
+    rows = graph.store.history_since(history)
+    assert [(r[2], r[3]) for r in rows[:4]] == [("node+", m.id), ("node+", sid), ("node+", t.id), ("edge+", m.id)]
+    assert sorted((r[2], r[3]) for r in rows[4:]) == sorted([("node-", sid), ("node-", t.id)])
+    assert rows[0][8] is not None and rows[2][8] is None and rows[3][8] is None
 
 
 def test_the_worker_is_woken_only_once_the_transaction_has_committed(graph, monkeypatch):
