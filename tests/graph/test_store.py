@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from graph import GraphConfig, HashingEmbedder, Memory, MemoryGraph, Store, StoreCorrupt
-from graph.store import bounded_query, fts_query
+from graph.store import SCHEMA_VERSION, bounded_query, fts_query
 
 
 def test_garbage_file_is_reported_by_name(tmp_path):
@@ -285,5 +285,32 @@ def test_the_checkpointer_runs_after_each_burst_of_writes(tmp_path):
             with store.write() as conn:
                 conn.execute("INSERT INTO history (at, op, node, kind, scope) VALUES (0, 'x', 'n', 'k', 's')")
             assert store.checkpointer.wait(ran + 1, timeout=30), f"no checkpoint after write burst {burst}"
+    finally:
+        store.close()
+
+
+def _wal_salts(db) -> bytes:
+    """The WAL header's salts: SQLite draws new ones each time the WAL starts over."""
+    return db.with_name(db.name + "-wal").read_bytes()[16:24]
+
+
+def test_the_checkpointer_starts_the_wal_over_so_that_the_next_commit_need_not(tmp_path):
+    """The first commit after a complete checkpoint rewrote the WAL header and fsynced it apart from its own
+    fsync: a chat's log step, which comes after the last turn's checkpoint, paid two."""
+    db = tmp_path / "g.db"
+    store = Store(db, checkpoint_delay_s=0.01)
+    try:
+        for turn in range(3):
+            ran = store.checkpointer.checkpoints
+            with store.write() as conn:
+                conn.execute("INSERT INTO history (at, op, node, kind, scope) VALUES (0, 'x', ?, 'k', 's')", (f"n{turn}",))
+            assert store.checkpointer.wait(ran + 1, timeout=30)
+            salts = _wal_salts(db)
+            with store.write() as conn:  # the next turn's commit: it appends to the WAL the thread started
+                conn.execute("INSERT INTO history (at, op, node, kind, scope) VALUES (0, 'y', ?, 'k', 's')", (f"n{turn}",))
+            assert _wal_salts(db) == salts, f"commit {turn} after the checkpoint started the WAL over itself"
+            assert store.checkpointer.wait(ran + 2, timeout=30)
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # the restart changed nothing
+        assert store.conn.execute("SELECT count(*) FROM history WHERE op IN ('x', 'y')").fetchone()[0] == 6
     finally:
         store.close()
