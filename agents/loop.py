@@ -191,7 +191,9 @@ class ChatLoop:
             user_meta["error"] = "the model returned an empty reply"
         # Both turns and the surfaced edges to the reply: one transaction, all or nothing.
         links = [(s["id"], 1, "surfaced", {"score": s["score"]}) for s in surfaced] if len(turns) == 2 else []
-        logged = g.log_turns(state["session"], turns, scope=state["scope"], links=links)
+        # Committed, not yet fsynced: the store's sync thread does that beside the steps left, and the turn
+        # waits for it before it answers (run and stream call graph.sync()).
+        logged = g.log_turns(state["session"], turns, scope=state["scope"], links=links, sync=False)
         history = [*state.get("history", []), {"role": "user", "content": state["user"]}]
         if len(logged) == 2:
             history.append({"role": "assistant", "content": reply})
@@ -241,6 +243,7 @@ class ChatLoop:
                     yield chunk["delta"]
                 else:
                     final = chunk
+        self.graph.sync()  # the logged turns are on the disk before the turn answers
         if self._wal is not None:
             self._wal.notify()
         yield TurnResult.from_state(final)
@@ -259,6 +262,7 @@ class ChatLoop:
         state, config = self._input(session, user, scope, history, {k: v for k, v in params.items() if v is not None})
         with self.graph.defer_embedding():
             result = TurnResult.from_state(self.app.invoke(state, config, durability=self.durability))
+        self.graph.sync()  # the logged turns are on the disk before the turn answers
         if self._wal is not None:
             self._wal.notify()
         return result

@@ -7,7 +7,10 @@ the real MiniLM embedder, with 10k memories (and 100k in full mode):
 
 - ``surface_p99_ms``: the ``surface`` step (search + packing the block);
 - ``log_p99_ms``: the ``log`` step (both turns and their ``surfaced`` edges,
-  one transaction, fsync'd). Target: <= 2 ms;
+  one transaction). Target: <= 2 ms. The step commits without waiting for the
+  disk; the store's sync thread fsyncs the WAL beside the turn's last steps,
+  and the turn waits for that before it answers. ``sync_wait_p99_ms`` is that
+  wait, and the turn figures below include it;
 - ``overhead_ratio``: p99 of a whole turn through the loop (``ChatLoop.run``)
   divided by p99 of the raw work it cannot avoid, done directly: MiniLM
   ``encode`` of the user turn (sentence-transformers' own call, float32) +
@@ -156,6 +159,16 @@ def bench_size(emb: MiniLMEmbedder, raw_model, n: int, n_turns: int, tmp: Path, 
         coll.add(ids=[str(j) for j in range(i, min(n, i + 5000))], embeddings=vecs[i:i + 5000])
 
     loop = TimedLoop(graph, ScriptedBackend(["Done."]))
+    sync_ms: list[float] = []
+    graph_sync = graph.sync
+
+    def timed_sync(timeout=None):  # how long the turn waits, after its steps, for the log step's fsync
+        t0 = time.perf_counter()
+        out = graph_sync(timeout)
+        sync_ms.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    graph.sync = timed_sync
     k = loop.surfacer.config.k
     turns = user_turns(n_turns + 20, seed + 1)
 
@@ -180,6 +193,7 @@ def bench_size(emb: MiniLMEmbedder, raw_model, n: int, n_turns: int, tmp: Path, 
         turn pair competes with the next turn for the CPU."""
         loop.surface_ms.clear()
         loop.log_ms.clear()
+        sync_ms.clear()
         ours_ms, raw_ms = [], []
         for i, text in enumerate(turns[20:]):
             if i % 2:
@@ -197,6 +211,8 @@ def bench_size(emb: MiniLMEmbedder, raw_model, n: int, n_turns: int, tmp: Path, 
             "surface_p99_ms": round(pct(loop.surface_ms, 99), 2),
             "log_p50_ms": round(pct(loop.log_ms, 50), 3),
             "log_p99_ms": round(pct(loop.log_ms, 99), 3),
+            "sync_wait_p50_ms": round(pct(sync_ms, 50), 3),
+            "sync_wait_p99_ms": round(pct(sync_ms, 99), 3),
             "turn_p50_ms": round(pct(ours_ms, 50), 2),
             "turn_p99_ms": round(pct(ours_ms, 99), 2),
             "raw_p50_ms": round(pct(raw_ms, 50), 2),
@@ -252,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "surface_p99_ms": main_run["surface_p99_ms"],
         "log_p99_ms": main_run["log_p99_ms"],
+        "sync_wait_p99_ms": main_run["sync_wait_p99_ms"],
         "overhead_ratio": main_run["overhead_ratio"],
         "overhead_ratio_100k": runs.get("100k", {}).get("overhead_ratio"),
         "overhead_ratio_back_to_back": main_run["overhead_ratio_back_to_back"],
@@ -269,13 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{'memories':>9} {'turns':>13} {'surface p99':>12} {'log p99':>8} {'turn p99':>9} {'raw p99':>8} "
-          f"{'ratio':>6} (target)")
+    print(f"{'memories':>9} {'turns':>13} {'surface p99':>12} {'log p99':>8} {'sync wait p99':>14} {'turn p99':>9} "
+          f"{'raw p99':>8} {'ratio':>6} (target)")
     for name, r in runs.items():
         for label, sfx in (("index caught up", ""), ("back to back", "_back_to_back")):
             print(f"{name:>9} {label:>15} {r['surface_p99_ms' + sfx]:>10.2f}ms {r['log_p99_ms' + sfx]:>6.2f}ms "
-                  f"{r['turn_p99_ms' + sfx]:>7.2f}ms {r['raw_p99_ms' + sfx]:>6.2f}ms {r['overhead_ratio' + sfx]:>6.2f} "
-                  "(<= 1.25; log <= 2 ms)")
+                  f"{r['sync_wait_p99_ms' + sfx]:>12.2f}ms {r['turn_p99_ms' + sfx]:>7.2f}ms {r['raw_p99_ms' + sfx]:>6.2f}ms "
+                  f"{r['overhead_ratio' + sfx]:>6.2f} (<= 1.25; log <= 2 ms)")
     print(f"peak RSS {result['peak_rss_mb']} MB; the loop's MiniLM ran batches in {emb.dtype_used}, "
           f"queries on {emb.query_runtime_used}")
     return 0

@@ -247,7 +247,7 @@ class MemoryGraph:
                               scope=scope)[0]
 
     def log_turns(self, session: str, turns: Sequence[dict[str, Any]], *, scope: str | None = None,
-                  links: Iterable[tuple[str, int, str | EdgeKind, dict | None]] = ()) -> list[Turn]:
+                  links: Iterable[tuple[str, int, str | EdgeKind, dict | None]] = (), sync: bool = True) -> list[Turn]:
         """Append several turns to one session in one transaction (all or nothing).
 
         Each dict has ``role`` and ``text`` and may have ``model``,
@@ -261,6 +261,12 @@ class MemoryGraph:
         ``surfaced`` edges. A ``src`` that is not (or no longer) in the scope
         is skipped rather than failing the log: a memory forgotten while the
         reply was generated must not cost the turn.
+
+        ``sync=False`` returns once the turns are committed, before they are on
+        the disk: a thread of the store fsyncs the WAL right away, and
+        :meth:`sync` waits for it. The agent loop logs a turn this way and
+        calls ``sync()`` before it answers, so that the fsync runs beside the
+        turn's last steps rather than before them.
         """
         scope = self.resolve_scope(scope)
         if not isinstance(session, str) or not session.strip():
@@ -287,7 +293,7 @@ class MemoryGraph:
                 raise InvalidRecord(f"a link's turn must be a position in turns (0 to {len(prepared) - 1}), got {i!r}")
         given = {t.get("id") for t in turns} - {None, ""}  # a new id of ours cannot be stored already
         out: list[Turn] = []
-        with self.store.write() as conn:
+        with self.store.write(sync=sync) as conn:
             last = self.store.last_turn(conn, scope, session)
             if last is None:  # a session with turns has its node already: they are only ever deleted together
                 self._ensure_session(conn, scope, session)
@@ -435,6 +441,11 @@ class MemoryGraph:
                 ...  # the rest of the request, which the user waits for
         """
         return self.worker.deferred()
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until every write logged with ``sync=False`` so far is on the disk. False on timeout; raises
+        :class:`DiskFull` if the fsync failed (the write is stored, but a power cut may lose it)."""
+        return self.store.sync(timeout)
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every pending vector is in the index. False on timeout or without an index."""

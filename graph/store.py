@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -52,7 +53,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from graph.errors import DiskFull, GraphError, NodeNotFound, ScopeMismatch, StoreCorrupt
 from graph.records import Edge, Node, record_from_json
 
-__all__ = ["Store", "WalCheckpointer", "damaged_message", "write_failure"]
+__all__ = ["Store", "WalCheckpointer", "WalSyncer", "damaged_message", "write_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,100 @@ class WalCheckpointer:
             thread.join()
 
 
+class WalSyncer:
+    """Fsyncs a WAL-mode SQLite file's WAL on a thread of its own: group commit for writes that need not wait.
+
+    A write committed at ``synchronous=NORMAL`` is in the WAL, in the OS's
+    cache, but not yet on the disk. :meth:`ask` after such a commit wakes the
+    thread, which fdatasyncs the WAL, the sync that ``synchronous=FULL`` runs
+    inside the commit. :meth:`wait` blocks until every write asked for so far
+    is on the disk. Commits asked for while a sync runs share the next one.
+
+    The WAL is opened anew for each sync, never kept open: SQLite deletes it
+    when its last connection closes (after checkpointing it into the database
+    file and syncing that), and a kept descriptor would then sync a deleted
+    file. A WAL that is gone has nothing left to sync.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.wal = f"{path}-wal"
+        self.syncs = 0  # how many fdatasyncs ran
+        self._cond = threading.Condition()
+        self._asked = 0  # writes asked for
+        self._synced = 0  # of those, how many are on the disk (or failed to get there)
+        # The first failed sync: its first ticket, and the error. It stays: after a failed fsync Linux may drop
+        # the pages it could not write and report the next fsync clean, so no later write counts as synced.
+        self._failed: tuple[int, OSError] | None = None
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def ask(self) -> int:
+        """Sync the WAL soon, for a write just committed without syncing; returns that write's ticket."""
+        with self._cond:
+            if self._stop:
+                raise GraphError(f"{self.wal}: the store is closed")
+            self._asked += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mindloop-wal-sync", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+            return self._asked
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._asked > self._synced or self._stop)
+                if self._asked == self._synced:  # stopping, nothing left
+                    return
+                lo, hi = self._synced + 1, self._asked
+            error = None
+            try:
+                fd = os.open(self.wal, os.O_RDONLY)
+            except FileNotFoundError:  # checkpointed into the database file, which SQLite synced, and deleted
+                fd = None
+            except OSError as e:
+                fd, error = None, e
+            if fd is not None:
+                try:
+                    (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
+                except OSError as e:
+                    error = e
+                finally:
+                    os.close(fd)
+            with self._cond:
+                self.syncs += 1
+                self._synced = hi
+                if error is not None and self._failed is None:
+                    log.error("could not sync %s to the disk: %s", self.wal, error)
+                    self._failed = (lo, error)
+                self._cond.notify_all()
+
+    def wait(self, ticket: int | None = None, timeout: float | None = None) -> bool:
+        """Block until the write with ``ticket`` (by default every write asked for so far) is on the disk.
+
+        False on timeout. Raises :class:`DiskFull` if a sync failed at or before it: the write is committed, but
+        a power cut may lose it.
+        """
+        with self._cond:
+            target = self._asked if ticket is None else ticket
+            if not self._cond.wait_for(lambda: self._synced >= target, timeout):
+                return False
+            failed = self._failed
+        if failed is not None and target >= failed[0]:
+            raise DiskFull(f"{self.wal} could not be synced to the disk ({failed[1]}): what was written since may "
+                           "not survive a power cut")
+        return True
+
+    def close(self) -> None:
+        """Sync what was asked for, then stop the thread."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+
 class _Owned:
     """One thread's connection, in that thread's locals: when the thread ends, this goes, and a finalizer closes it."""
 
@@ -407,6 +502,7 @@ class Store:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self.checkpointer = WalCheckpointer(self.path, delay_s=checkpoint_delay_s, busy_timeout_s=busy_timeout_s)
+        self.syncer = WalSyncer(self.path)
         self._init_schema()
 
     # -- connections -------------------------------------------------------------
@@ -449,7 +545,12 @@ class Store:
         if owned is not None and owned.conn is conn:
             self._local.owned = None
 
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until every write committed with ``sync=False`` so far is on the disk (False on timeout)."""
+        return self.syncer.wait(timeout=timeout)
+
     def close(self) -> None:
+        self.syncer.close()
         self.checkpointer.close()
         with self._conns_lock:
             for conn in self._conns:
@@ -492,12 +593,17 @@ class Store:
             raise StoreCorrupt(damaged_message(self.path, f"it is not a readable mindloop graph ({e})")) from None
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error.
 
         A full disk (or file-size limit) raises :class:`DiskFull`, a damaged
         file :class:`StoreCorrupt`, whether it is met by a statement or by the
         commit; the transaction is rolled back either way.
+
+        ``sync=False`` commits without waiting for the disk (``synchronous=NORMAL``
+        for this transaction) and hands the fsync to :attr:`syncer`'s thread;
+        :meth:`sync` waits for it. Ignored inside an outer transaction, which
+        decides, and with ``durability="normal"``, which never syncs a commit.
         """
         conn = self.conn
         if conn.in_transaction:  # nested use joins the outer transaction
@@ -505,7 +611,10 @@ class Store:
             return
         self._local.after_commit = []
         self._local.history = []
+        deferred = not sync and self.durability == "full"
         try:
+            if deferred:
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -527,6 +636,14 @@ class Store:
             log.error("%s", failure)
             self._discard(conn)  # after an I/O error SQLite may keep the connection in an error state
             raise failure from None
+        finally:
+            if deferred:
+                try:
+                    conn.execute("PRAGMA synchronous=FULL")
+                except sqlite3.Error:  # discarded above: its successor opens at FULL
+                    pass
+        if deferred:
+            self.syncer.ask()
         self.checkpointer.notify()
         callbacks, self._local.after_commit = self._local.after_commit, []
         for fn in callbacks:

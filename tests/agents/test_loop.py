@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
 from agents.backends import BackendError, ScriptedBackend
@@ -69,6 +72,32 @@ def test_the_worker_starts_on_a_turn_once_its_checkpoint_is_written(loop, graph,
     monkeypatch.undo()
     later = loop.run("s", "and baz too")
     assert graph.flush() and later.user_turn in graph.index.ids("default")
+
+
+@pytest.mark.parametrize("how", ["run", "stream"])
+def test_a_turn_answers_once_its_logged_turns_are_on_the_disk(loop, graph, monkeypatch, how):
+    """The log step commits without its fsync, which the store's thread runs beside the turn's last steps."""
+    entered, release = threading.Event(), threading.Event()
+
+    def fdatasync(fd):
+        entered.set()
+        assert release.wait(30)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync, raising=False)
+    monkeypatch.setattr(os, "fsync", fdatasync)
+    answered: list[TurnResult] = []
+    turn = threading.Thread(target=lambda: answered.append(
+        loop.run("s", "rename foo to bar") if how == "run" else list(loop.stream("s", "rename foo to bar"))[-1]))
+    turn.start()
+    try:
+        assert entered.wait(30), "the logged turns were never synced"
+        assert len(graph.session_turns("s")) == 2  # committed before the sync
+        turn.join(0.2)
+        assert turn.is_alive() and not answered, "the turn answered before its logged turns were on the disk"
+    finally:
+        release.set()
+        turn.join(30)
+    assert answered and answered[0].assistant_turn
 
 
 def test_history_is_checkpointed_per_session(loop, graph):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import threading
 
 import pytest
 
-from graph import GraphConfig, HashingEmbedder, Memory, MemoryGraph, Store, StoreCorrupt
+from graph import DiskFull, GraphConfig, HashingEmbedder, Memory, MemoryGraph, Store, StoreCorrupt
 from graph.store import SCHEMA_VERSION, bounded_query, fts_query
 
 
@@ -314,3 +317,110 @@ def test_the_checkpointer_starts_the_wal_over_so_that_the_next_commit_need_not(t
         assert store.conn.execute("SELECT count(*) FROM history WHERE op IN ('x', 'y')").fetchone()[0] == 6
     finally:
         store.close()
+
+
+class _BlockedSync:
+    """Stands in for ``os.fdatasync``: records which file each call synced and holds it until released."""
+
+    def __init__(self, fail: OSError | None = None) -> None:
+        self.files: list[str] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail = fail
+
+    def __call__(self, fd: int) -> None:
+        self.files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        self.entered.set()
+        assert self.release.wait(30)
+        if self.fail is not None:
+            raise self.fail
+
+
+def _insert(store: Store, note: str, *, sync: bool = True) -> None:
+    with store.write(sync=sync) as conn:
+        conn.execute("INSERT INTO history (at, op, node, kind, scope) VALUES (0, 'x', ?, 'k', 's')", (note,))
+
+
+needs_proc = pytest.mark.skipif(not hasattr(os, "fdatasync") or not os.path.isdir("/proc/self/fd"),
+                                reason="reads which file was synced from /proc")
+
+
+@needs_proc
+def test_a_write_that_need_not_wait_is_committed_unsynced_and_its_wal_synced_by_the_thread(tmp_path, monkeypatch):
+    fdatasync = _BlockedSync()
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    store = Store(tmp_path / "g.db")
+    try:
+        _insert(store, "a", sync=False)
+        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for the next write
+        other = sqlite3.connect(tmp_path / "g.db")  # committed: another connection sees it at once
+        assert other.execute("SELECT count(*) FROM history WHERE node = 'a'").fetchone()[0] == 1
+        other.close()
+        assert not store.sync(timeout=0.05), "sync() returned while the WAL's fdatasync had not"
+        fdatasync.release.set()
+        assert store.sync(timeout=30)
+        assert fdatasync.files == [str(tmp_path / "g.db-wal")]
+        _insert(store, "b")  # a write that waits syncs inside its commit (FULL): nothing for the thread
+        assert store.syncer.syncs == 1 and fdatasync.files == [str(tmp_path / "g.db-wal")]
+    finally:
+        fdatasync.release.set()
+        store.close()
+
+
+@needs_proc
+def test_writes_committed_while_a_sync_runs_share_the_next_one(tmp_path, monkeypatch):
+    fdatasync = _BlockedSync()
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    store = Store(tmp_path / "g.db")
+    try:
+        _insert(store, "first", sync=False)
+        assert fdatasync.entered.wait(30)  # the thread is in the first sync, held until released
+        for note in ("a", "b", "c"):
+            _insert(store, note, sync=False)
+        fdatasync.release.set()
+        assert store.sync(timeout=30)
+        assert store.syncer.syncs == 2 and len(fdatasync.files) == 2
+    finally:
+        fdatasync.release.set()
+        store.close()
+
+
+@needs_proc
+def test_a_failed_sync_is_reported_to_every_later_wait(tmp_path, monkeypatch):
+    fdatasync = _BlockedSync(fail=OSError(errno.EIO, "Input/output error"))
+    fdatasync.release.set()
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    store = Store(tmp_path / "g.db")
+    try:
+        _insert(store, "a", sync=False)
+        with pytest.raises(DiskFull, match=r"g\.db-wal could not be synced to the disk .*Input/output error"):
+            store.sync(timeout=30)
+        monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+        _insert(store, "b", sync=False)  # Linux may report the next fsync clean after dropping the pages
+        with pytest.raises(DiskFull):
+            store.sync(timeout=30)
+        assert store.conn.execute("SELECT count(*) FROM history WHERE op = 'x'").fetchone()[0] == 2  # committed
+    finally:
+        store.close()
+
+
+def test_with_durability_normal_nothing_is_synced_for_a_write(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", calls.append, raising=False)
+    store = Store(tmp_path / "g.db", durability="normal")
+    try:
+        _insert(store, "a", sync=False)
+        assert store.sync(timeout=0) and calls == [] and store.syncer.syncs == 0
+        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    finally:
+        store.close()
+
+
+def test_closing_the_store_syncs_what_was_asked_for(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", calls.append, raising=False)
+    monkeypatch.setattr(os, "fsync", calls.append)
+    store = Store(tmp_path / "g.db")
+    _insert(store, "a", sync=False)
+    store.close()
+    assert store.syncer.syncs == 1 and len(calls) == 1
