@@ -17,7 +17,10 @@ Tables:
   payloads its history rows carried (the rows stay, so views still replay).
 
 Every public write runs in one ``BEGIN IMMEDIATE`` transaction and returns
-after ``COMMIT``: a failed call leaves nothing behind. Each thread gets its own
+after ``COMMIT``: a failed call leaves nothing behind. A write with
+``sync=False`` (the agent loop's log step) returns before its commit is on
+the disk; a :class:`WalSyncer` thread fsyncs the WAL right away and
+:meth:`Store.sync` waits for it. Each thread gets its own
 connection. A write that fails because the disk is full, the file-size limit
 is reached or the device fails raises :class:`graph.errors.DiskFull` (after
 rolling back); once space returns, the next write works.
