@@ -418,14 +418,16 @@ class WalSyncer:
     def ask(self) -> int:
         """Sync the WAL soon, for a write just committed without syncing; returns that write's ticket."""
         with self._cond:
-            if self._stop:
-                raise GraphError(f"{self.wal}: the store is closed")
             self._asked += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="mindloop-wal-sync", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-            return self._asked
+            ticket = self._asked
+            if not self._stop:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="mindloop-wal-sync", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+                return ticket
+        self._sync(ticket, ticket)  # a write that came after close (a straggler thread): synced here and now
+        return ticket
 
     def _run(self) -> None:
         while True:
@@ -434,27 +436,31 @@ class WalSyncer:
                 if self._asked == self._synced:  # stopping, nothing left
                     return
                 lo, hi = self._synced + 1, self._asked
-            error = None
+            self._sync(lo, hi)
+
+    def _sync(self, lo: int, hi: int) -> None:
+        """fdatasync the WAL for the writes with tickets ``lo`` to ``hi``."""
+        error = None
+        try:
+            fd = os.open(self.wal, os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed into the database file, which SQLite synced, and deleted
+            fd = None
+        except OSError as e:
+            fd, error = None, e
+        if fd is not None:
             try:
-                fd = os.open(self.wal, os.O_RDONLY)
-            except FileNotFoundError:  # checkpointed into the database file, which SQLite synced, and deleted
-                fd = None
+                (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
             except OSError as e:
-                fd, error = None, e
-            if fd is not None:
-                try:
-                    (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
-                except OSError as e:
-                    error = e
-                finally:
-                    os.close(fd)
-            with self._cond:
-                self.syncs += 1
-                self._synced = hi
-                if error is not None and self._failed is None:
-                    log.error("could not sync %s to the disk: %s", self.wal, error)
-                    self._failed = (lo, error)
-                self._cond.notify_all()
+                error = e
+            finally:
+                os.close(fd)
+        with self._cond:
+            self.syncs += 1
+            self._synced = max(self._synced, hi)
+            if error is not None and (self._failed is None or lo < self._failed[0]):
+                log.error("could not sync %s to the disk: %s", self.wal, error)
+                self._failed = (lo, error)
+            self._cond.notify_all()
 
     def wait(self, ticket: int | None = None, timeout: float | None = None) -> bool:
         """Block until the write with ``ticket`` (by default every write asked for so far) is on the disk.

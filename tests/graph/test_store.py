@@ -424,3 +424,14 @@ def test_closing_the_store_syncs_what_was_asked_for(tmp_path, monkeypatch):
     _insert(store, "a", sync=False)
     store.close()
     assert store.syncer.syncs == 1 and len(calls) == 1
+
+
+def test_a_write_that_need_not_wait_after_close_is_synced_at_once(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", calls.append, raising=False)
+    monkeypatch.setattr(os, "fsync", calls.append)
+    store = Store(tmp_path / "g.db")
+    store.close()
+    _insert(store, "late", sync=False)  # a straggler thread's write: its connection reopens
+    assert len(calls) == 1 and store.sync(timeout=0)
+    store.close()
