@@ -415,8 +415,8 @@ class WalSyncer:
         self._stop = False
         self._thread: threading.Thread | None = None
 
-    def ask(self) -> int:
-        """Sync the WAL soon, for a write just committed without syncing; returns that write's ticket."""
+    def ask(self) -> None:
+        """Sync the WAL soon, for a write just committed without syncing."""
         with self._cond:
             self._asked += 1
             ticket = self._asked
@@ -425,9 +425,8 @@ class WalSyncer:
                     self._thread = threading.Thread(target=self._run, name="mindloop-wal-sync", daemon=True)
                     self._thread.start()
                 self._cond.notify_all()
-                return ticket
+                return
         self._sync(ticket, ticket)  # a write that came after close (a straggler thread): synced here and now
-        return ticket
 
     def _run(self) -> None:
         while True:
@@ -462,14 +461,14 @@ class WalSyncer:
                 self._failed = (lo, error)
             self._cond.notify_all()
 
-    def wait(self, ticket: int | None = None, timeout: float | None = None) -> bool:
-        """Block until the write with ``ticket`` (by default every write asked for so far) is on the disk.
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every write asked for so far is on the disk.
 
-        False on timeout. Raises :class:`DiskFull` if a sync failed at or before it: the write is committed, but
+        False on timeout. Raises :class:`DiskFull` if a sync failed for one of them: the write is committed, but
         a power cut may lose it.
         """
         with self._cond:
-            target = self._asked if ticket is None else ticket
+            target = self._asked
             if not self._cond.wait_for(lambda: self._synced >= target, timeout):
                 return False
             failed = self._failed
@@ -785,31 +784,25 @@ class Store:
         """Insert ``edge`` inside the caller's transaction; both ends must exist in one scope."""
         return self.insert_edges(conn, [edge])[0]
 
-    def insert_edges(self, conn: sqlite3.Connection, edges: Sequence[Edge], *, scope: str | None = None) -> list[bool]:
+    def insert_edges(self, conn: sqlite3.Connection, edges: Sequence[Edge]) -> list[bool]:
         """Insert ``edges`` inside the caller's transaction; each edge's ends must exist in one scope. Returns,
         per edge, False where it was already stored (or came earlier in ``edges``).
 
-        The ends' scopes are read in one query, unless the caller passes the ``scope`` it knows both ends of
-        every edge are in (it has just written or read them in this transaction). The edges and their history
-        rows go in as one statement each: the agent loop logs eight ``surfaced`` edges a turn.
+        The ends' scopes are read in one query; the edges and their history rows go in as one statement each.
         """
         if not edges:
             return []
-        if scope is None:
-            scopes = self._scopes_of(conn, [i for e in edges for i in (e.src, e.dst)])
-            for e in edges:
-                for end in (e.src, e.dst):
-                    if end not in scopes:
-                        raise NodeNotFound(f"no node with id {end!r}")
-                if scopes[e.src] != scopes[e.dst]:
-                    raise ScopeMismatch(
-                        f"edge {e.kind} from {e.src!r} (scope {scopes[e.src]!r}) to {e.dst!r} "
-                        f"(scope {scopes[e.dst]!r}): scopes never connect"
-                    )
-                e.scope = scopes[e.src]
-        else:
-            for e in edges:
-                e.scope = scope
+        scopes = self._scopes_of(conn, [i for e in edges for i in (e.src, e.dst)])
+        for e in edges:
+            for end in (e.src, e.dst):
+                if end not in scopes:
+                    raise NodeNotFound(f"no node with id {end!r}")
+            if scopes[e.src] != scopes[e.dst]:
+                raise ScopeMismatch(
+                    f"edge {e.kind} from {e.src!r} (scope {scopes[e.src]!r}) to {e.dst!r} "
+                    f"(scope {scopes[e.dst]!r}): scopes never connect"
+                )
+            e.scope = scopes[e.src]
         rows = [(e.src, e.dst, e.kind, e.scope, e.created, _dumps(e.data)) for e in edges]
         before = conn.execute("SELECT coalesce(max(rowid), 0) FROM edges").fetchone()[0]
         stored = conn.executemany(

@@ -345,93 +345,89 @@ needs_proc = pytest.mark.skipif(not hasattr(os, "fdatasync") or not os.path.isdi
                                 reason="reads which file was synced from /proc")
 
 
-@needs_proc
-def test_a_write_that_need_not_wait_is_committed_unsynced_and_its_wal_synced_by_the_thread(tmp_path, monkeypatch):
+@pytest.fixture
+def held(tmp_path, monkeypatch):
+    """A store whose WAL syncs go through a :class:`_BlockedSync`, released before the store closes."""
     fdatasync = _BlockedSync()
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     store = Store(tmp_path / "g.db")
-    try:
-        _insert(store, "a", sync=False)
-        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for the next write
-        other = sqlite3.connect(tmp_path / "g.db")  # committed: another connection sees it at once
-        assert other.execute("SELECT count(*) FROM history WHERE node = 'a'").fetchone()[0] == 1
-        other.close()
-        assert not store.sync(timeout=0.05), "sync() returned while the WAL's fdatasync had not"
-        fdatasync.release.set()
-        assert store.sync(timeout=30)
-        assert fdatasync.files == [str(tmp_path / "g.db-wal")]
-        _insert(store, "b")  # a write that waits syncs inside its commit (FULL): nothing for the thread
-        assert store.syncer.syncs == 1 and fdatasync.files == [str(tmp_path / "g.db-wal")]
-    finally:
-        fdatasync.release.set()
-        store.close()
-
-
-@needs_proc
-def test_writes_committed_while_a_sync_runs_share_the_next_one(tmp_path, monkeypatch):
-    fdatasync = _BlockedSync()
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    store = Store(tmp_path / "g.db")
-    try:
-        _insert(store, "first", sync=False)
-        assert fdatasync.entered.wait(30)  # the thread is in the first sync, held until released
-        for note in ("a", "b", "c"):
-            _insert(store, note, sync=False)
-        fdatasync.release.set()
-        assert store.sync(timeout=30)
-        assert store.syncer.syncs == 2 and len(fdatasync.files) == 2
-    finally:
-        fdatasync.release.set()
-        store.close()
-
-
-@needs_proc
-def test_a_failed_sync_is_reported_to_every_later_wait(tmp_path, monkeypatch):
-    fdatasync = _BlockedSync(fail=OSError(errno.EIO, "Input/output error"))
+    yield store, fdatasync
     fdatasync.release.set()
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    store = Store(tmp_path / "g.db")
-    try:
-        _insert(store, "a", sync=False)
-        with pytest.raises(DiskFull, match=r"g\.db-wal could not be synced to the disk .*Input/output error"):
-            store.sync(timeout=30)
-        monkeypatch.setattr(os, "fdatasync", lambda fd: None)
-        _insert(store, "b", sync=False)  # Linux may report the next fsync clean after dropping the pages
-        with pytest.raises(DiskFull):
-            store.sync(timeout=30)
-        assert store.conn.execute("SELECT count(*) FROM history WHERE op = 'x'").fetchone()[0] == 2  # committed
-    finally:
-        store.close()
+    store.close()
 
 
-def test_with_durability_normal_nothing_is_synced_for_a_write(tmp_path, monkeypatch):
+@pytest.fixture
+def synced(monkeypatch) -> list[int]:
+    """The descriptors the WAL sync thread syncs, recorded instead of synced."""
     calls: list[int] = []
     monkeypatch.setattr(os, "fdatasync", calls.append, raising=False)
+    monkeypatch.setattr(os, "fsync", calls.append)
+    return calls
+
+
+@needs_proc
+def test_a_write_that_need_not_wait_is_committed_unsynced_and_its_wal_synced_by_the_thread(tmp_path, held):
+    store, fdatasync = held
+    _insert(store, "a", sync=False)
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for the next write
+    other = sqlite3.connect(tmp_path / "g.db")  # committed: another connection sees it at once
+    assert other.execute("SELECT count(*) FROM history WHERE node = 'a'").fetchone()[0] == 1
+    other.close()
+    assert not store.sync(timeout=0.05), "sync() returned while the WAL's fdatasync had not"
+    fdatasync.release.set()
+    assert store.sync(timeout=30)
+    assert fdatasync.files == [str(tmp_path / "g.db-wal")]
+    _insert(store, "b")  # a write that waits syncs inside its commit (FULL): nothing for the thread
+    assert store.syncer.syncs == 1 and fdatasync.files == [str(tmp_path / "g.db-wal")]
+
+
+@needs_proc
+def test_writes_committed_while_a_sync_runs_share_the_next_one(held):
+    store, fdatasync = held
+    _insert(store, "first", sync=False)
+    assert fdatasync.entered.wait(30)  # the thread is in the first sync, held until released
+    for note in ("a", "b", "c"):
+        _insert(store, note, sync=False)
+    fdatasync.release.set()
+    assert store.sync(timeout=30)
+    assert store.syncer.syncs == 2 and len(fdatasync.files) == 2
+
+
+@needs_proc
+def test_a_failed_sync_is_reported_to_every_later_wait(held, monkeypatch):
+    store, fdatasync = held
+    fdatasync.fail = OSError(errno.EIO, "Input/output error")
+    fdatasync.release.set()
+    _insert(store, "a", sync=False)
+    with pytest.raises(DiskFull, match=r"g\.db-wal could not be synced to the disk .*Input/output error"):
+        store.sync(timeout=30)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    _insert(store, "b", sync=False)  # Linux may report the next fsync clean after dropping the pages
+    with pytest.raises(DiskFull):
+        store.sync(timeout=30)
+    assert store.conn.execute("SELECT count(*) FROM history WHERE op = 'x'").fetchone()[0] == 2  # committed
+
+
+def test_with_durability_normal_nothing_is_synced_for_a_write(tmp_path, synced):
     store = Store(tmp_path / "g.db", durability="normal")
     try:
         _insert(store, "a", sync=False)
-        assert store.sync(timeout=0) and calls == [] and store.syncer.syncs == 0
+        assert store.sync(timeout=0) and synced == [] and store.syncer.syncs == 0
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
     finally:
         store.close()
 
 
-def test_closing_the_store_syncs_what_was_asked_for(tmp_path, monkeypatch):
-    calls: list[int] = []
-    monkeypatch.setattr(os, "fdatasync", calls.append, raising=False)
-    monkeypatch.setattr(os, "fsync", calls.append)
+def test_closing_the_store_syncs_what_was_asked_for(tmp_path, synced):
     store = Store(tmp_path / "g.db")
     _insert(store, "a", sync=False)
     store.close()
-    assert store.syncer.syncs == 1 and len(calls) == 1
+    assert store.syncer.syncs == 1 and len(synced) == 1
 
 
-def test_a_write_that_need_not_wait_after_close_is_synced_at_once(tmp_path, monkeypatch):
-    calls: list[int] = []
-    monkeypatch.setattr(os, "fdatasync", calls.append, raising=False)
-    monkeypatch.setattr(os, "fsync", calls.append)
+def test_a_write_that_need_not_wait_after_close_is_synced_at_once(tmp_path, synced):
     store = Store(tmp_path / "g.db")
     store.close()
     _insert(store, "late", sync=False)  # a straggler thread's write: its connection reopens
-    assert len(calls) == 1 and store.sync(timeout=0)
+    assert len(synced) == 1 and store.sync(timeout=0)
     store.close()
