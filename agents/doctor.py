@@ -8,7 +8,8 @@ Checks, in order:
 
 - ``graph.db``: missing or emptied beside the vectors of an earlier graph;
   SQLite's ``integrity_check``; the FTS5 index against the nodes; edges
-  whose ends are missing.
+  whose ends are missing (queued edges are not checked: settling drops
+  those).
 - ``chroma/`` (the vectors, derived from graph.db): torn HNSW segments; per
   scope, vectors of nodes that are gone and indexed nodes without a vector.
 - ``checkpoints/``: each checkpoint's manifest and weight files (the
@@ -380,13 +381,21 @@ def _salvage_graph(src: sqlite3.Connection, fresh: Path, counts: dict[str, int])
             ids.add(rec["id"])
         counts["nodes recovered"], counts["nodes unreadable"] = got, counts.pop("nodes unreadable", 0) + bad
         cols = _GRAPH_TABLES["edges"]
-        got = dangling = 0
-        for row in _readable_rows(src, "edges", cols, counts):
-            if row[0] not in ids or row[1] not in ids:
-                dangling += 1
-                continue
-            got += dst.execute(f"INSERT OR IGNORE INTO edges ({','.join(cols)}) VALUES (?,?,?,?,?,?)", row).rowcount
-        counts["edges recovered"], counts["edges to lost nodes"] = got, dangling
+        try:
+            tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError:  # a schema SQLite cannot read: try the tables every version has
+            tables = {"edges"}
+        # Queued edges (schema 3) stay queued in the fresh file: settling there checks their scopes as usual.
+        for table, name in (("edges", "edges"), ("pending_edges", "queued edges")):
+            got = dangling = 0
+            rows = _readable_rows(src, table, cols, counts) if table in tables else ()
+            for row in rows:
+                if row[0] not in ids or row[1] not in ids:
+                    dangling += 1
+                    continue
+                got += dst.execute(f"INSERT OR IGNORE INTO {table} ({','.join(cols)}) VALUES (?,?,?,?,?,?)",
+                                   row).rowcount
+            counts[f"{name} recovered"], counts[f"{name} to lost nodes"] = got, dangling
         cols = _GRAPH_TABLES["history"]
         got = 0
         for row in _readable_rows(src, "history", cols, counts):

@@ -257,10 +257,13 @@ class MemoryGraph:
         returned list then holds the stored turn.
 
         ``links`` are edges ``(src, i, kind, data)`` from a stored node to
-        ``turns[i]``, added in the same transaction: the agent loop's
-        ``surfaced`` edges. A ``src`` that is not (or no longer) in the scope
-        is skipped rather than failing the log: a memory forgotten while the
-        reply was generated must not cost the turn.
+        ``turns[i]``: the agent loop's ``surfaced`` edges. They are queued in
+        the same transaction and become edges when next read, or when the
+        embedding worker's thread settles them after the turn
+        (``Store.settle_edges``): a turn does not wait for their index pages,
+        and no reader sees them missing. A ``src`` that is not (or no longer)
+        in the scope is skipped rather than failing the log: a memory
+        forgotten while the reply was generated must not cost the turn.
 
         ``sync=False`` returns once the turns are committed, before they are on
         the disk: a thread of the store fsyncs the WAL right away, and
@@ -318,7 +321,8 @@ class MemoryGraph:
             self.store.insert_nodes(conn, new)
             for e, i in zip(wanted, at):
                 e.dst = out[i].id
-            self.store.insert_edges_from(conn, chain + wanted, scope=scope)
+            self.store.insert_edges_from(conn, chain, scope=scope)
+            self.store.queue_edges(conn, wanted, scope=scope)
         self.store.after_commit(self.worker.notify)
         return out
 

@@ -11,6 +11,12 @@ Tables:
   row with the same id (forgotten, then imported again), is never marked
   current.
 - ``edges``: typed, directed, unique per (src, dst, kind), never across scopes.
+- ``pending_edges``: edges a hot path queued instead of inserting (the agent
+  loop's ``surfaced`` edges), unindexed, so that queuing one appends to a
+  single page where inserting it touches a random page of each edge index.
+  :meth:`Store.settle_edges` moves them into ``edges`` (with their history
+  rows); every read of edges settles first, and the embedding worker's
+  thread settles after each turn, so no reader ever sees them pending.
 - ``history``: an append-only log of every change (node+, node~, node-, edge+,
   edge-). The networkx view catches up from it, in this process and in any
   other that shares the data directory. Forgetting a node also blanks the
@@ -61,7 +67,7 @@ __all__ = ["Store", "WalCheckpointer", "WalSyncer", "damaged_message", "write_fa
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4D4C4F50  # "MLOP"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1 kept every text in one FTS5 column. Version 2 puts memories' text in a column of its own, so that a
 # search for memories counts and ranks only memories (surfacing's rarest word was often one only turns held).
@@ -108,6 +114,16 @@ CREATE TABLE IF NOT EXISTS edges (
     PRIMARY KEY (src, dst, kind)
 );
 CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst);
+
+-- Version 3: edges queued by the agent loop's log step, settled into edges by Store.settle_edges.
+CREATE TABLE IF NOT EXISTS pending_edges (
+    src     TEXT NOT NULL,
+    dst     TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    scope   TEXT NOT NULL,
+    created REAL NOT NULL,
+    data    TEXT NOT NULL DEFAULT '{}'
+);
 
 CREATE TABLE IF NOT EXISTS history (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -846,6 +862,42 @@ class Store:
         self._history_many(conn, [("edge+", e.src, e.kind, scope, None, e.dst, d) for e, d in added])
         return [e for e, _ in added]
 
+    def queue_edges(self, conn: sqlite3.Connection, edges: Sequence[Edge], *, scope: str) -> None:
+        """Queue ``edges`` between nodes of ``scope`` inside the caller's transaction, for
+        :meth:`settle_edges` to insert. Queuing appends to one unindexed table: the agent loop's log step
+        queues its ``surfaced`` edges so that the turn does not wait for their index pages."""
+        if edges:
+            conn.executemany(
+                "INSERT INTO pending_edges (src, dst, kind, scope, created, data) VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.src, e.dst, e.kind, scope, e.created, _dumps(e.data)) for e in edges])
+
+    def settle_edges(self) -> int:
+        """Insert the queued edges into ``edges``; return how many were added.
+
+        An edge whose ends are not both (or no longer) in its scope is dropped, not an error (a memory
+        forgotten while the reply was generated must not cost the turn); one already stored is left as it
+        is. The queue is emptied in the same transaction, so two threads or processes settling at once add
+        each edge once. An empty queue costs one read of its root page: every read of edges calls this first.
+        """
+        conn = self.conn
+        if not conn.in_transaction and conn.execute("SELECT 1 FROM pending_edges LIMIT 1").fetchone() is None:
+            return 0
+        with self.write() as conn:
+            return self._settle_edges(conn)
+
+    def _settle_edges(self, conn: sqlite3.Connection) -> int:
+        top = conn.execute("SELECT max(rowid) FROM pending_edges").fetchone()[0]
+        if top is None:
+            return 0
+        added = conn.execute(
+            "INSERT OR IGNORE INTO edges (src, dst, kind, scope, created, data) "
+            "SELECT p.src, p.dst, p.kind, p.scope, p.created, p.data FROM pending_edges AS p "
+            "JOIN nodes AS s ON s.id = p.src AND s.scope = p.scope JOIN nodes AS d ON d.id = p.dst AND d.scope = p.scope "
+            "WHERE p.rowid <= ? ORDER BY p.rowid RETURNING src, dst, kind, scope, data", (top,)).fetchall()
+        conn.execute("DELETE FROM pending_edges WHERE rowid <= ?", (top,))
+        self._history_many(conn, [("edge+", src, kind, scope, None, dst, data) for src, dst, kind, scope, data in added])
+        return len(added)
+
     def _scopes_of(self, conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
         """The scope of each of these nodes that exists, by id."""
         scopes: dict[str, str] = {}
@@ -855,6 +907,7 @@ class Store:
         return scopes
 
     def delete_edge(self, conn: sqlite3.Connection, src: str, dst: str, kind: str) -> bool:
+        self._settle_edges(conn)  # a queued copy of the edge must not come back after it is deleted
         row = conn.execute("SELECT scope FROM edges WHERE src = ? AND dst = ? AND kind = ?", (src, dst, kind)).fetchone()
         if row is None:
             return False
@@ -863,6 +916,7 @@ class Store:
         return True
 
     def edges_of(self, node_id: str, *, kinds: Iterable[str] | None = None, direction: str = "both") -> list[Edge]:
+        self.settle_edges()
         clauses = {"out": "src = ?", "in": "dst = ?", "both": "(src = ? OR dst = ?)"}[direction]
         params: list[Any] = [node_id] * (2 if direction == "both" else 1)
         sql = f"SELECT src, dst, kind, scope, created, data FROM edges WHERE {clauses}"
@@ -876,6 +930,7 @@ class Store:
         ]
 
     def list_edges(self, scope: str) -> list[Edge]:
+        self.settle_edges()
         return [
             Edge(src=r[0], dst=r[1], kind=r[2], scope=r[3], created=r[4], data=json.loads(r[5]))
             for r in self.conn.execute(
@@ -898,6 +953,7 @@ class Store:
             params.append(session)
         rows = conn.execute(sql, params).fetchall()
         ids = [r[0] for r in rows]
+        self._settle_edges(conn)  # queued edges of these nodes go with them, through the history as usual
         self._flush_history(conn)  # the payloads below are cleared in rows this transaction may have added
         for chunk in _chunks(rows, 500):
             marks = ",".join("?" * len(chunk))
@@ -1076,6 +1132,7 @@ class Store:
         return out
 
     def counts(self, scope: str | None = None) -> dict[str, Any]:
+        self.settle_edges()
         where, params = ("WHERE scope = ?", [scope]) if scope is not None else ("", [])
         nodes = dict(self.conn.execute(f"SELECT kind, count(*) FROM nodes {where} GROUP BY kind", params).fetchall())
         edges = dict(self.conn.execute(f"SELECT kind, count(*) FROM edges {where} GROUP BY kind", params).fetchall())

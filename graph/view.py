@@ -35,6 +35,7 @@ class GraphView:
         self._load()
 
     def _load(self) -> None:
+        self.store.settle_edges()
         conn = self.store.conn
         conn.execute("BEGIN")  # one read snapshot for the seq and the tables
         try:
@@ -50,6 +51,7 @@ class GraphView:
 
     def sync(self) -> nx.MultiDiGraph:
         """Apply history newer than the view and return the graph."""
+        self.store.settle_edges()  # queued edges reach the history when they are settled
         with self._lock:
             while True:
                 rows = self.store.history_since(self._seq, limit=50_000)

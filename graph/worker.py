@@ -15,6 +15,10 @@ Inside :meth:`EmbedWorker.deferred`, wakes wait for the block to end: a chat
 turn writes its turns in its ``log`` step, and the worker's encode must not
 take the CPU from the turn's last steps (its LangGraph checkpoint).
 
+The worker also settles the edges a write queued (``Store.settle_edges``:
+the agent loop's ``surfaced`` edges), index or not, so that they are in
+place soon after the turn even when nothing reads them.
+
 An embedding or index failure is logged and retried with back-off; it never
 takes the caller down and never loses the node (it stays pending).
 """
@@ -137,13 +141,17 @@ class EmbedWorker:
         self._deleted_seq = rows[-1][0] if len(rows) == self.DELETIONS_PER_STEP else top
 
     def _step(self) -> bool:
-        """Apply deletions, then embed one batch; True if there may be more to do."""
-        index = self.get_index()
-        if index is None:
-            return False
+        """Settle queued edges, apply deletions, then embed one batch; True if there may be more to do."""
         try:
+            index = self.get_index()
+            if index is None:
+                self.store.settle_edges()  # the agent loop's surfaced edges, queued by the turn just logged
+                return False
             self._follow_deletions(index)
             rows = self.store.pending(self.batch)
+            # After reading the batch: the edges a turn in it queued (same commit) are settled by now, so a
+            # flush() that saw the turns embedded also sees their edges in place.
+            self.store.settle_edges()
             if not rows:
                 return False
             texts = [r[5][: self.max_chars] for r in rows]

@@ -220,6 +220,49 @@ def test_log_turns_links_stored_nodes_to_the_new_turns_in_the_same_transaction(g
     assert {(e.src, e.kind) for e in graph.edges(nxt.id, direction="in")} == {(reply.id, "next"), (reply.id, "corrects")}
 
 
+def _log_with_links(graph, memories):
+    return graph.log_turns("s", [dict(role="user", text="q"), dict(role="assistant", text="a")],
+                           links=[(m.id, 1, "surfaced", {"score": 0.5}) for m in memories])
+
+
+def test_log_turns_queues_its_links_and_the_first_read_of_edges_settles_them(graph):
+    memories = [graph.add(Memory(text=f"lesson {i}", memory_kind="lesson")) for i in range(3)]
+    graph.worker.stop()  # nothing settles behind the test's back
+    history = graph.store.last_seq()
+    user, reply = _log_with_links(graph, memories)
+    # committed with the turns, but as a queue: the turn did not write the edge indexes
+    assert db_rows(graph, "SELECT src, dst FROM pending_edges") == [(m.id, reply.id) for m in memories]
+    assert db_rows(graph, "SELECT src FROM edges WHERE kind = 'surfaced'") == []
+    assert {e.src for e in graph.edges(reply.id, kinds=["surfaced"], direction="in")} == {m.id for m in memories}
+    assert db_rows(graph, "SELECT count(*) FROM pending_edges") == [(0,)]
+    assert sorted((r[3], r[7]) for r in graph.store.history_since(history) if r[2] == "edge+") == sorted(
+        [(user.id, reply.id)] + [(m.id, reply.id) for m in memories])
+    assert graph.store.settle_edges() == 0 and len(graph.edges(reply.id, kinds=["surfaced"])) == 3  # added once
+
+
+def test_the_worker_settles_queued_links_when_nothing_reads_them(graph):
+    memories = [graph.add(Memory(text=f"lesson {i}", memory_kind="lesson")) for i in range(3)]
+    _, reply = _log_with_links(graph, memories)
+    assert graph.flush(timeout=30)  # the worker embedded the new turns, so it has settled what they queued
+    assert db_rows(graph, "SELECT count(*) FROM pending_edges") == [(0,)]
+    assert sorted(db_rows(graph, "SELECT src FROM edges WHERE dst = ? AND kind = 'surfaced'", reply.id)) == sorted(
+        (m.id,) for m in memories)
+
+
+def test_queued_links_neither_outlive_their_nodes_nor_come_back_once_unlinked(graph):
+    memories = [graph.add(Memory(text=f"lesson {i}", memory_kind="lesson", session="m")) for i in range(2)]
+    graph.worker.stop()
+    _, reply = _log_with_links(graph, memories)
+    assert graph.unlink(memories[0].id, reply.id, "surfaced")  # still queued when asked: settled, then removed
+    graph.forget(session="m")  # the other memory, its edge still queued
+    assert db_rows(graph, "SELECT count(*) FROM pending_edges") == [(0,)]
+    assert [e.kind for e in graph.edges(reply.id, direction="in")] == ["next"]
+    _, again = _log_with_links(graph, [graph.add(Memory(text="kept", memory_kind="lesson"))])
+    graph.forget(session="s")  # the turns go with their queued edges
+    assert db_rows(graph, "SELECT count(*) FROM pending_edges") == [(0,)]
+    assert db_rows(graph, "SELECT count(*) FROM edges WHERE dst = ?", again.id) == [(0,)]
+
+
 @pytest.mark.parametrize("link, error, message", [
     (("m", 2, "surfaced", None), InvalidRecord, "a position in turns"),
     (("m", "1", "surfaced", None), InvalidRecord, "a position in turns"),

@@ -241,7 +241,7 @@ def test_a_version_1_graph_is_migrated_with_its_text_index(tmp_path, version_1):
     version_1(db)
     store = Store(db)
     try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert store.lexical("kafka", scope="default", kinds=["memory"], since=None, limit=5) == [
             ("memory_1", pytest.approx(store.lexical("kafka", scope="default", kinds=None, since=None, limit=5)[0][1]))]
         assert store.lexical("kafka", scope="default", kinds=["turn"], since=None, limit=5) == []

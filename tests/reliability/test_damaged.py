@@ -37,6 +37,7 @@ import pytest
 from agents.cli import main
 from graph import Flag, GraphConfig, Memory, MemoryGraph, StoreCorrupt
 from graph.index import ChromaIndex
+from graph.store import SCHEMA_VERSION
 from trainer.checkpoints import Checkpoints
 from trainer.errors import CheckpointError
 
@@ -254,7 +255,7 @@ def test_a_version_1_graph_s_text_index_is_rebuilt_in_the_new_layout(home, capsy
     code, report = _doctor(capsys, "--repair")
     assert code == 0 and report["healthy"]
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:
-        assert g.store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert g.store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert g.store.lexical("widget3x5", scope="alice", kinds=None, since=None, limit=5)
 
 
