@@ -25,8 +25,9 @@ import sqlite3
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 from graph.config import GraphConfig
 from graph.embed import Embedder, make_embedder
@@ -238,7 +239,7 @@ class MemoryGraph:
         """Append a turn to ``session`` and return it once its transaction has committed.
 
         The turn is linked to the previous turn of the session by a ``next``
-        edge; its vector is computed later by the background worker. A turn
+        edge (queued, as ``log_turns``' links are); its vector is computed later by the background worker. A turn
         whose text is longer than ``embed_max_chars`` is stored whole,
         embedded from its start, and marked with ``meta["embed_truncated"]``.
         """
@@ -257,8 +258,9 @@ class MemoryGraph:
         returned list then holds the stored turn.
 
         ``links`` are edges ``(src, i, kind, data)`` from a stored node to
-        ``turns[i]``: the agent loop's ``surfaced`` edges. They are queued in
-        the same transaction and become edges when next read, or when the
+        ``turns[i]``: the agent loop's ``surfaced`` edges. They, and the
+        ``next`` edges between the turns, are queued in the same transaction
+        and become edges when next read, or when the
         embedding worker's thread settles them after the turn
         (``Store.settle_edges``): a turn does not wait for their index pages,
         and no reader sees them missing. A ``src`` that is not (or no longer)
@@ -321,8 +323,7 @@ class MemoryGraph:
             self.store.insert_nodes(conn, new)
             for e, i in zip(wanted, at):
                 e.dst = out[i].id
-            self.store.insert_edges_from(conn, chain, scope=scope)
-            self.store.queue_edges(conn, wanted, scope=scope)
+            self.store.queue_edges(conn, chain + wanted, scope=scope)
         self.store.after_commit(self.worker.notify)
         return out
 
@@ -435,7 +436,8 @@ class MemoryGraph:
 
     # -- vectors -----------------------------------------------------------------
 
-    def defer_embedding(self):
+    @contextmanager
+    def defer_embedding(self) -> Iterator[None]:
         """A context manager: the worker starts on what is written inside the block once it, and every other
         open one, has ended. The agent loop holds it for a whole turn, so that embedding the new turns does not
         compete for the CPU with the turn's own last steps::
@@ -443,8 +445,11 @@ class MemoryGraph:
             with graph.defer_embedding():
                 graph.log_turns("s", turns)
                 ...  # the rest of the request, which the user waits for
+
+        The store's background WAL checkpoint waits for the block too (``WalCheckpointer.held``).
         """
-        return self.worker.deferred()
+        with self.worker.deferred(), self.store.checkpointer.held():
+            yield
 
     def sync(self, timeout: float | None = None) -> bool:
         """Wait until every write logged with ``sync=False`` so far is on the disk. False on timeout; raises
@@ -491,6 +496,7 @@ class MemoryGraph:
     def export(self, scope: str, out: IO[str]) -> dict[str, int]:
         """Write a scope as JSONL: a header line, then one ``{"node": ...}`` or ``{"edge": ...}`` per line."""
         scope = self.resolve_scope(scope)
+        self.store.settle_edges()  # a read snapshot cannot settle the queue itself
         conn = self.store.conn
         conn.execute("BEGIN")  # one consistent snapshot
         try:

@@ -51,7 +51,6 @@ class GraphView:
 
     def sync(self) -> nx.MultiDiGraph:
         """Apply history newer than the view and return the graph."""
-        self.store.settle_edges()  # queued edges reach the history when they are settled
         with self._lock:
             while True:
                 rows = self.store.history_since(self._seq, limit=50_000)

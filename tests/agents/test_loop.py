@@ -124,6 +124,28 @@ def test_the_worker_starts_on_a_turn_only_once_its_fsync_is_done(loop, graph, mo
     assert order == ["synced", "woken"]
 
 
+@pytest.mark.parametrize("how", ["run", "stream"])
+def test_no_wal_checkpoint_runs_inside_a_turn(loop, graph, monkeypatch, how):
+    """Due right after the log step's commit, graph.db's checkpoint waits until the turn has answered."""
+    ck = graph.store.checkpointer
+    monkeypatch.setattr(ck, "delay_s", 0.0)
+    ran = ck.checkpoints
+    inside: list[bool] = []
+    sync = graph.sync
+
+    def sync_last(timeout=None):  # the turn's last call before it answers
+        inside.append(ck.wait(ran + 1, timeout=0.3))
+        return sync(timeout)
+
+    monkeypatch.setattr(graph, "sync", sync_last)
+    if how == "run":
+        loop.run("s", "rename foo to bar")
+    else:
+        list(loop.stream("s", "rename foo to bar"))
+    assert inside == [False], "a checkpoint ran inside the turn"
+    assert ck.wait(ran + 1, timeout=30)
+
+
 def test_history_is_checkpointed_per_session(loop, graph):
     loop.run("s", "first")
     loop.run("s", "second")

@@ -72,9 +72,9 @@ def test_log_turn_records_model_latency_and_meta(graph):
 def test_history_is_append_only_log_of_changes(graph):
     t = graph.log_turn("s", "user", "a")
     graph.log_turn("s", "user", "b")
-    ops = db_rows(graph, "SELECT op, node FROM history ORDER BY seq")
+    ops = [(r[2], r[3]) for r in graph.store.history_since(0)]  # the queued next edge is settled first
     assert [op for op, _ in ops] == ["node+", "node+", "node+", "edge+"]  # session, turn, turn, next
-    assert ops[1][1] == t.id
+    assert ops[1][1] == t.id and db_rows(graph, "SELECT count(*) FROM history") == [(4,)]
 
 
 @pytest.mark.parametrize(
@@ -231,8 +231,9 @@ def test_log_turns_queues_its_links_and_the_first_read_of_edges_settles_them(gra
     history = graph.store.last_seq()
     user, reply = _log_with_links(graph, memories)
     # committed with the turns, but as a queue: the turn did not write the edge indexes
-    assert db_rows(graph, "SELECT src, dst FROM pending_edges") == [(m.id, reply.id) for m in memories]
-    assert db_rows(graph, "SELECT src FROM edges WHERE kind = 'surfaced'") == []
+    assert db_rows(graph, "SELECT src, dst, kind FROM pending_edges") == [(user.id, reply.id, "next")] + [
+        (m.id, reply.id, "surfaced") for m in memories]
+    assert db_rows(graph, "SELECT src FROM edges WHERE dst = ?", reply.id) == []
     assert {e.src for e in graph.edges(reply.id, kinds=["surfaced"], direction="in")} == {m.id for m in memories}
     assert db_rows(graph, "SELECT count(*) FROM pending_edges") == [(0,)]
     assert sorted((r[3], r[7]) for r in graph.store.history_since(history) if r[2] == "edge+") == sorted(

@@ -292,6 +292,26 @@ def test_the_checkpointer_runs_after_each_burst_of_writes(tmp_path):
         store.close()
 
 
+def test_a_checkpoint_due_inside_a_held_block_waits_for_its_end_or_for_max_hold(tmp_path):
+    """The agent loop holds checkpoints for each turn: one took about 10 ms, and the log steps it overlapped
+    were the slowest. Turns that never stop coming hold it for ``max_hold_s`` at most."""
+    store = Store(tmp_path / "g.db", checkpoint_delay_s=0.01)
+    ck = store.checkpointer
+    try:
+        with ck.held():
+            with store.write() as conn:
+                conn.execute("INSERT INTO history (at, op, node, kind, scope) VALUES (0, 'x', 'n', 'k', 's')")
+            assert not ck.wait(1, timeout=0.3), "a checkpoint ran inside the held block"
+        assert ck.wait(1, timeout=30)
+        ck.max_hold_s = 0.05
+        with ck.held():
+            with store.write() as conn:
+                conn.execute("INSERT INTO history (at, op, node, kind, scope) VALUES (0, 'x', 'n2', 'k', 's')")
+            assert ck.wait(2, timeout=30), "a block held for good kept the WAL from ever being checkpointed"
+    finally:
+        store.close()
+
+
 def _wal_salts(db) -> bytes:
     """The WAL header's salts: SQLite draws new ones each time the WAL starts over."""
     return db.with_name(db.name + "-wal").read_bytes()[16:24]

@@ -112,11 +112,12 @@ def error_log():
 
 
 def counts(home: Path) -> dict[str, int]:
-    """Nodes by kind and edges in graph.db, read on a connection of its own."""
+    """Nodes by kind and edges in graph.db (queued ones included), read on a connection of its own."""
     conn = sqlite3.connect(f"file:{home / 'graph.db'}?mode=ro", uri=True)
     try:
         out = dict(conn.execute("SELECT kind, count(*) FROM nodes GROUP BY kind").fetchall())
-        out["edges"] = conn.execute("SELECT count(*) FROM edges").fetchone()[0]
+        out["edges"] = conn.execute("SELECT (SELECT count(*) FROM edges) + (SELECT count(*) FROM pending_edges)"
+                                    ).fetchone()[0]
         return out
     finally:
         conn.close()
