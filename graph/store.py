@@ -886,7 +886,10 @@ class Store:
             return self._settle_edges(conn) if getattr(self._local, "writing", False) else 0
         if conn.execute("SELECT 1 FROM pending_edges LIMIT 1").fetchone() is None:
             return 0
-        with self.write() as conn:
+        # Not synced before it returns: the queue it empties is durable already, and a power cut that loses
+        # this commit loses the queue's deletion with it, so the edges are settled again. A read settling
+        # (a search's graph expansion, say) does not wait for a fsync.
+        with self.write(sync=False) as conn:
             return self._settle_edges(conn)
 
     def _settle_edges(self, conn: sqlite3.Connection) -> int:
