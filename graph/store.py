@@ -11,9 +11,10 @@ Tables:
   row with the same id (forgotten, then imported again), is never marked
   current.
 - ``edges``: typed, directed, unique per (src, dst, kind), never across scopes.
-- ``pending_edges``: edges a hot path queued instead of inserting (the agent
-  loop's ``surfaced`` edges), unindexed, so that queuing one appends to a
-  single page where inserting it touches a random page of each edge index.
+- ``pending_edges``: edges a hot path queued instead of inserting (the
+  ``next`` and ``surfaced`` edges of ``MemoryGraph.log_turns``), unindexed,
+  so that queuing one appends to a single page where inserting it touches a
+  random page of each edge index.
   :meth:`Store.settle_edges` moves them into ``edges`` (with their history
   rows); every read of edges settles first, and the embedding worker's
   thread settles after each turn, so no reader ever sees them pending.
@@ -115,7 +116,8 @@ CREATE TABLE IF NOT EXISTS edges (
 );
 CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst);
 
--- Version 3: edges queued by the agent loop's log step, settled into edges by Store.settle_edges.
+-- Version 3: edges queued by MemoryGraph.log_turns (a chat turn's log step), settled into edges by
+-- Store.settle_edges.
 CREATE TABLE IF NOT EXISTS pending_edges (
     src     TEXT NOT NULL,
     dst     TEXT NOT NULL,
