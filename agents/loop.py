@@ -231,7 +231,7 @@ class ChatLoop:
     @contextmanager
     def _quiet(self) -> Iterator[None]:
         """Background work waits while a turn runs: the embedding worker, and the WAL checkpoints of graph.db
-        and loop.db (one took about 10 ms, and the log steps it overlapped were the slowest)."""
+        and loop.db (one took about 10 ms, and some of the log steps it overlapped were the slowest)."""
         with self.graph.defer_embedding(), (self._wal.held() if self._wal is not None else nullcontext()):
             yield
 

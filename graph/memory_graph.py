@@ -239,9 +239,10 @@ class MemoryGraph:
         """Append a turn to ``session`` and return it once its transaction has committed.
 
         The turn is linked to the previous turn of the session by a ``next``
-        edge (queued, as ``log_turns``' links are); its vector is computed later by the background worker. A turn
-        whose text is longer than ``embed_max_chars`` is stored whole,
-        embedded from its start, and marked with ``meta["embed_truncated"]``.
+        edge (queued, as ``log_turns``' links are); its vector is computed
+        later by the background worker. A turn whose text is longer than
+        ``embed_max_chars`` is stored whole, embedded from its start, and
+        marked with ``meta["embed_truncated"]``.
         """
         return self.log_turns(session, [dict(role=role, text=text, model=model, checkpoint=checkpoint,
                                               latency_ms=latency_ms, meta=meta, id=id, created=created)],
@@ -260,9 +261,9 @@ class MemoryGraph:
         ``links`` are edges ``(src, i, kind, data)`` from a stored node to
         ``turns[i]``: the agent loop's ``surfaced`` edges. They, and the
         ``next`` edges between the turns, are queued in the same transaction
-        and become edges when next read, or when the
-        embedding worker's thread settles them after the turn
-        (``Store.settle_edges``): a turn does not wait for their index pages,
+        and become edges when next read, or when the embedding worker's
+        thread settles them after the turn (``Store.settle_edges``): a turn
+        does not wait for their index pages,
         and no reader sees them missing. A ``src`` that is not (or no longer)
         in the scope is skipped rather than failing the log: a memory
         forgotten while the reply was generated must not cost the turn.

@@ -338,8 +338,8 @@ class WalCheckpointer:
     Inside :meth:`held` (the agent loop holds it for each turn), a checkpoint
     that falls due waits for every open block to end, or for ``max_hold_s``
     under sustained load, so that the WAL stays bounded. A checkpoint took
-    about 10 ms here, and the 1-3% of log steps it overlapped were the slowest
-    (up to 3.9 ms against 0.9 at p50).
+    about 10 ms here and overlapped 1-3% of log steps, some of the slowest
+    among them (up to 3.9 ms against 0.9 at p50).
     """
 
     def __init__(self, path: str | Path, *, delay_s: float = 0.5, busy_timeout_s: float = 30.0,

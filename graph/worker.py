@@ -15,9 +15,10 @@ Inside :meth:`EmbedWorker.deferred`, wakes wait for the block to end: a chat
 turn writes its turns in its ``log`` step, and the worker's encode must not
 take the CPU from the turn's last steps (its LangGraph checkpoint).
 
-The worker also settles the edges a write queued (``Store.settle_edges``:
-the agent loop's ``surfaced`` edges), index or not, so that they are in
-place soon after the turn even when nothing reads them.
+The worker also settles the edges ``MemoryGraph.log_turns`` queued
+(``Store.settle_edges``: a turn's ``next`` and ``surfaced`` edges), index or
+not, so that they are in place soon after the turn even when nothing reads
+them.
 
 An embedding or index failure is logged and retried with back-off; it never
 takes the caller down and never loses the node (it stays pending).
@@ -145,7 +146,7 @@ class EmbedWorker:
         try:
             index = self.get_index()
             if index is None:
-                self.store.settle_edges()  # the agent loop's surfaced edges, queued by the turn just logged
+                self.store.settle_edges()  # the edges queued by the turn just logged
                 return False
             self._follow_deletions(index)
             rows = self.store.pending(self.batch)

@@ -124,9 +124,11 @@ def test_the_worker_starts_on_a_turn_only_once_its_fsync_is_done(loop, graph, mo
     assert order[:2] == ["synced", "woken"]  # the turn's sync, then the wake (the worker's own writes sync later)
 
 
-@pytest.mark.parametrize("how", ["run", "stream"])
-def test_no_wal_checkpoint_runs_inside_a_turn(loop, graph, monkeypatch, how):
-    """Due right after the log step's commit, graph.db's checkpoint waits until the turn has answered."""
+def test_no_wal_checkpoint_runs_inside_a_turn(loop, graph, monkeypatch):
+    """Due right after the log step's commit, graph.db's checkpoint waits until the turn has answered.
+
+    Through ``run`` only: through ``stream`` this probe saw no checkpoint inside the turn even without the
+    hold, so it could not fail there (``stream`` holds it the same way, in ``ChatLoop._quiet``)."""
     ck = graph.store.checkpointer
     monkeypatch.setattr(ck, "delay_s", 0.0)
     ran = ck.checkpoints
@@ -138,10 +140,7 @@ def test_no_wal_checkpoint_runs_inside_a_turn(loop, graph, monkeypatch, how):
         return sync(timeout)
 
     monkeypatch.setattr(graph, "sync", sync_last)
-    if how == "run":
-        loop.run("s", "rename foo to bar")
-    else:
-        list(loop.stream("s", "rename foo to bar"))
+    loop.run("s", "rename foo to bar")
     assert inside == [False], "a checkpoint ran inside the turn"
     assert ck.wait(ran + 1, timeout=30)
 
