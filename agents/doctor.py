@@ -219,7 +219,8 @@ def _check_graph_db(config, report: Report, repair: bool, stamp: str) -> bool:
 
 
 def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool) -> None:
-    """The FTS5 index: its own structure, and one entry per node with text (the triggers skip NULL text).
+    """The FTS5 index: its own structure, and one entry per node with text (the triggers skip NULL text), but
+    for the rows whose text still waits for it (``fts = 0``, schema 4: ``Store.settle`` indexes them).
 
     FTS5's stricter check against the content table (``rank`` 1) cannot be
     used: it expects an entry for every row, the text-less ones included.
@@ -227,12 +228,14 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
     from graph.store import FTS_REBUILD
 
     missing = extra = 0
+    columns = {r[1] for r in conn.execute("PRAGMA table_xinfo(nodes)")}
+    indexed = "text IS NOT NULL" + (" AND fts = 1" if "fts" in columns else "")
     try:
         conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")
-        missing = conn.execute("SELECT count(*) FROM nodes WHERE text IS NOT NULL "
+        missing = conn.execute(f"SELECT count(*) FROM nodes WHERE {indexed} "
                                "AND rowid NOT IN (SELECT id FROM nodes_fts_docsize)").fetchone()[0]
         extra = conn.execute("SELECT count(*) FROM nodes_fts_docsize WHERE id NOT IN "
-                             "(SELECT rowid FROM nodes WHERE text IS NOT NULL)").fetchone()[0]
+                             f"(SELECT rowid FROM nodes WHERE {indexed})").fetchone()[0]
         if not missing and not extra:
             report.ok("fts")
             return
@@ -242,14 +245,14 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
     p = report.add("fts", db, f"the full-text index disagrees with the nodes: {what}; lexical search misses "
                               "or invents hits")
     if repair:
-        if "memory_text" not in {r[1] for r in conn.execute("PRAGMA table_xinfo(nodes)")}:
+        if "fts" not in columns:
             from graph.store import Store
 
-            Store(db, check=False).close()  # schema version 1: migrating rebuilds the index in the new layout
-        else:
-            with conn:
-                conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('delete-all')")
-                conn.execute(FTS_REBUILD)
+            Store(db, check=False).close()  # an older schema: migrated first (version 1's index is made anew)
+        with conn:
+            conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('delete-all')")
+            for stmt in FTS_REBUILD:
+                conn.execute(stmt)
         conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")
         p.repair, p.fixed = "rebuilt the full-text index from the nodes", True
 

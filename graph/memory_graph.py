@@ -260,11 +260,12 @@ class MemoryGraph:
 
         ``links`` are edges ``(src, i, kind, data)`` from a stored node to
         ``turns[i]``: the agent loop's ``surfaced`` edges. They, and the
-        ``next`` edges between the turns, are queued in the same transaction
-        and become edges when next read, or when the embedding worker's
-        thread settles them after the turn (``Store.settle_edges``): a turn
-        does not wait for their index pages,
-        and no reader sees them missing. A ``src`` that is not (or no longer)
+        ``next`` edges between the turns, are queued in the same transaction,
+        and so is the turns' text for the full-text index; both are settled
+        when next read (edges, history, a lexical search), or by the embedding
+        worker's thread after the turn (``Store.settle``): a turn does not
+        wait for the edges' index pages or the FTS5 insert, and no reader sees
+        them missing. A ``src`` that is not (or no longer)
         in the scope is skipped rather than failing the log: a memory
         forgotten while the reply was generated must not cost the turn.
 
@@ -321,7 +322,7 @@ class MemoryGraph:
                     chain.append(Edge(src=last[0], dst=turn.id, kind="next", scope=scope))
                 last = (turn.id, turn.index)
                 out.append(turn)
-            self.store.insert_nodes(conn, new)
+            self.store.insert_nodes(conn, new, queue_text=True)
             for e, i in zip(wanted, at):
                 e.dst = out[i].id
             self.store.queue_edges(conn, chain + wanted, scope=scope)
@@ -497,7 +498,7 @@ class MemoryGraph:
     def export(self, scope: str, out: IO[str]) -> dict[str, int]:
         """Write a scope as JSONL: a header line, then one ``{"node": ...}`` or ``{"edge": ...}`` per line."""
         scope = self.resolve_scope(scope)
-        self.store.settle_edges()  # a read snapshot cannot settle the queue itself
+        self.store.settle()  # a read snapshot cannot settle the queue itself
         conn = self.store.conn
         conn.execute("BEGIN")  # one consistent snapshot
         try:

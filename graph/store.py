@@ -4,7 +4,8 @@ Tables:
 
 - ``nodes``: one row per record. ``text`` holds the node's indexed text (FTS5
   keeps a BM25 index of it, through the generated columns ``memory_text`` for
-  memories and ``log_text`` for every other kind), ``data`` the rest of the record as JSON, ``vec``
+  memories and ``log_text`` for every other kind; ``fts`` is 0 while a row
+  ``MemoryGraph.log_turns`` wrote waits for that index), ``data`` the rest of the record as JSON, ``vec``
   the state of its vector (NULL: nothing to embed, 0: pending, 1: in the index)
   and ``rev`` a random tag drawn anew whenever the row is inserted or its text
   changes, so that a vector computed from an older text, or for an earlier
@@ -15,9 +16,10 @@ Tables:
   ``next`` and ``surfaced`` edges of ``MemoryGraph.log_turns``), unindexed,
   so that queuing one appends to a single page where inserting it touches a
   random page of each edge index.
-  :meth:`Store.settle_edges` moves them into ``edges`` (with their history
-  rows); every read of edges settles first, and the embedding worker's
-  thread settles after each turn, so no reader ever sees them pending.
+  :meth:`Store.settle` moves them into ``edges`` (with their history
+  rows) and indexes the queued text; every read of edges, history or the
+  full-text index settles first, and the embedding worker's thread settles
+  after each turn, so no reader ever sees them pending.
 - ``history``: an append-only log of every change (node+, node~, node-, edge+,
   edge-). The networkx view catches up from it, in this process and in any
   other that shares the data directory. Forgetting a node also blanks the
@@ -68,7 +70,7 @@ __all__ = ["Store", "WalCheckpointer", "WalSyncer", "damaged_message", "write_fa
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4D4C4F50  # "MLOP"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 1 kept every text in one FTS5 column. Version 2 puts memories' text in a column of its own, so that a
 # search for memories counts and ranks only memories (surfacing's rarest word was often one only turns held).
@@ -82,8 +84,19 @@ ALTER TABLE nodes ADD COLUMN log_text TEXT
 ALTER TABLE nodes ADD COLUMN memory_text TEXT
     GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN text END) VIRTUAL;
 """
+# Version 4 lets a row's text wait for the full-text index (``fts = 0``): the triggers index only rows inserted with
+# ``fts = 1``, and Store.settle indexes the rest and sets ``fts = 1`` (an update of ``fts`` alone fires none of
+# them); deleting or editing such a row before then has no entry to remove. The triggers are made again.
+_MIGRATE_TO_4 = """
+DROP TRIGGER IF EXISTS nodes_ai;
+DROP TRIGGER IF EXISTS nodes_ad;
+DROP TRIGGER IF EXISTS nodes_au;
+ALTER TABLE nodes ADD COLUMN fts INTEGER NOT NULL DEFAULT 1;
+"""
+# Every node with text into an empty full-text index, all marked indexed (two statements, in one transaction).
 FTS_REBUILD = ("INSERT INTO nodes_fts(rowid, log_text, memory_text) "
-               "SELECT rowid, log_text, memory_text FROM nodes WHERE text IS NOT NULL")
+               "SELECT rowid, log_text, memory_text FROM nodes WHERE text IS NOT NULL",
+               "UPDATE nodes SET fts = 1 WHERE fts = 0")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -99,11 +112,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     vec     INTEGER,
     rev     INTEGER NOT NULL DEFAULT 0,
     log_text    TEXT GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN NULL ELSE text END) VIRTUAL,
-    memory_text TEXT GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN text END) VIRTUAL
+    memory_text TEXT GENERATED ALWAYS AS (CASE WHEN kind = 'memory' THEN text END) VIRTUAL,
+    fts     INTEGER NOT NULL DEFAULT 1  -- version 4; 0: the text waits for the full-text index (Store.settle)
 );
 CREATE INDEX IF NOT EXISTS nodes_scope_kind ON nodes(scope, kind, created);
 CREATE INDEX IF NOT EXISTS nodes_session ON nodes(scope, session, pos);
 CREATE INDEX IF NOT EXISTS nodes_pending ON nodes(vec) WHERE vec = 0;
+CREATE INDEX IF NOT EXISTS nodes_unindexed ON nodes(fts) WHERE fts = 0;
 
 CREATE TABLE IF NOT EXISTS edges (
     src     TEXT NOT NULL,
@@ -117,7 +132,7 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst);
 
 -- Version 3: edges queued by MemoryGraph.log_turns (a chat turn's log step), settled into edges by
--- Store.settle_edges.
+-- Store.settle.
 CREATE TABLE IF NOT EXISTS pending_edges (
     src     TEXT NOT NULL,
     dst     TEXT NOT NULL,
@@ -145,14 +160,14 @@ DROP INDEX IF EXISTS history_node;
 CREATE VIRTUAL TABLE IF NOT EXISTS nodes_fts USING fts5(
     log_text, memory_text, content='nodes', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
 );
-CREATE TRIGGER IF NOT EXISTS nodes_ai AFTER INSERT ON nodes WHEN new.text IS NOT NULL BEGIN
+CREATE TRIGGER IF NOT EXISTS nodes_ai AFTER INSERT ON nodes WHEN new.text IS NOT NULL AND new.fts = 1 BEGIN
     INSERT INTO nodes_fts(rowid, log_text, memory_text) VALUES (new.rowid, new.log_text, new.memory_text);
 END;
-CREATE TRIGGER IF NOT EXISTS nodes_ad AFTER DELETE ON nodes WHEN old.text IS NOT NULL BEGIN
+CREATE TRIGGER IF NOT EXISTS nodes_ad AFTER DELETE ON nodes WHEN old.text IS NOT NULL AND old.fts = 1 BEGIN
     INSERT INTO nodes_fts(nodes_fts, rowid, log_text, memory_text)
         VALUES ('delete', old.rowid, old.log_text, old.memory_text);
 END;
-CREATE TRIGGER IF NOT EXISTS nodes_au AFTER UPDATE OF text ON nodes BEGIN
+CREATE TRIGGER IF NOT EXISTS nodes_au AFTER UPDATE OF text ON nodes WHEN old.fts = 1 BEGIN
     INSERT INTO nodes_fts(nodes_fts, rowid, log_text, memory_text)
         SELECT 'delete', old.rowid, old.log_text, old.memory_text WHERE old.text IS NOT NULL;
     INSERT INTO nodes_fts(rowid, log_text, memory_text)
@@ -171,8 +186,8 @@ _STOPWORDS = frozenset(
 _TEXT_FIELD = {"turn": "text", "memory": "text"}
 
 
-_INSERT_NODE = ("INTO nodes (id, kind, scope, session, pos, created, updated, text, data, vec, rev) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_NODE = ("INTO nodes (id, kind, scope, session, pos, created, updated, text, data, vec, rev, fts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_HISTORY = "INSERT INTO history (at, op, node, kind, scope, session, dst, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -633,10 +648,14 @@ class Store:
                 if migrate:
                     for stmt in _split_sql(_MIGRATE_1_TO_2):
                         c.execute(stmt)
+                if has_tables and version < 4:
+                    for stmt in _split_sql(_MIGRATE_TO_4):
+                        c.execute(stmt)
                 for stmt in _split_sql(_SCHEMA):
                     c.execute(stmt)
                 if migrate:
-                    c.execute(FTS_REBUILD)
+                    for stmt in FTS_REBUILD:
+                        c.execute(stmt)
                 c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
@@ -730,15 +749,20 @@ class Store:
         self._history(conn, "node+", node.id, node.kind, node.scope, node.session, None, payload)
         return True
 
-    def insert_nodes(self, conn: sqlite3.Connection, nodes: Sequence[tuple[Node, str | None, int | None]]) -> None:
-        """Insert new nodes ``(node, text, pos)`` inside the caller's transaction, in one statement."""
-        rows = [self._node_row(node, text, pos) for node, text, pos in nodes]
+    def insert_nodes(self, conn: sqlite3.Connection, nodes: Sequence[tuple[Node, str | None, int | None]], *,
+                     queue_text: bool = False) -> None:
+        """Insert new nodes ``(node, text, pos)`` inside the caller's transaction, in one statement.
+
+        ``queue_text`` leaves their text out of the full-text index until :meth:`settle` (``fts = 0``): the
+        FTS5 insert was a third of a chat turn's log step. Every lexical read settles first.
+        """
+        rows = [self._node_row(node, text, pos, fts=not queue_text) for node, text, pos in nodes]
         conn.executemany(f"INSERT {_INSERT_NODE}", [r for r, _ in rows])
         self._history_many(conn, [("node+", n.id, n.kind, n.scope, n.session, None, payload)
                                   for (n, _, _), (_, payload) in zip(nodes, rows)])
 
     @staticmethod
-    def _node_row(node: Node, text: str | None, pos: int | None) -> tuple[tuple, str]:
+    def _node_row(node: Node, text: str | None, pos: int | None, *, fts: bool = True) -> tuple[tuple, str]:
         """The ``nodes`` row of ``node`` and its history payload (the whole record, text included)."""
         data = node.to_json()
         payload = _dumps(data)
@@ -746,7 +770,7 @@ class Store:
         if field:
             data.pop(field, None)
         row = (node.id, node.kind, node.scope, node.session, pos, node.created, time.time(), text, _dumps(data),
-               None if text is None else 0, _new_rev())
+               None if text is None else 0, _new_rev(), int(fts or text is None))
         return row, payload
 
     def update_node(self, conn: sqlite3.Connection, node: Node, *, text: str | None) -> None:
@@ -868,31 +892,41 @@ class Store:
 
     def queue_edges(self, conn: sqlite3.Connection, edges: Sequence[Edge], *, scope: str) -> None:
         """Queue ``edges`` between nodes of ``scope`` inside the caller's transaction, for
-        :meth:`settle_edges` to insert. Queuing appends to one unindexed table: ``MemoryGraph.log_turns``
+        :meth:`settle` to insert. Queuing appends to one unindexed table: ``MemoryGraph.log_turns``
         queues its ``next`` and ``surfaced`` edges so that a chat turn does not wait for their index pages."""
         if edges:
             conn.executemany(
                 "INSERT INTO pending_edges (src, dst, kind, scope, created, data) VALUES (?, ?, ?, ?, ?, ?)",
                 [(e.src, e.dst, e.kind, scope, e.created, _dumps(e.data)) for e in edges])
 
-    def settle_edges(self) -> int:
-        """Insert the queued edges into ``edges``; return how many were added.
+    def settle(self) -> int:
+        """Do the work ``MemoryGraph.log_turns`` queued: insert the queued edges into ``edges`` and index the
+        queued text (:meth:`queue_edges`, ``insert_nodes(queue_text=True)``). Returns how many edges were added
+        and rows indexed.
 
         An edge whose ends are not both (or no longer) in its scope is dropped, not an error (a memory
         forgotten while the reply was generated must not cost the turn); one already stored is left as it
-        is. The queue is emptied in the same transaction, so two threads or processes settling at once add
-        each edge once. An empty queue costs one read of its root page: every read of edges calls this first.
+        is. The queues are emptied in the same transaction, so two threads or processes settling at once do
+        the work once. Empty queues cost one read of two index root pages: every read of edges, of the
+        history and of the full-text index calls this first.
         """
         conn = self.conn
         if conn.in_transaction:  # inside our write it settles there; a read snapshot (GraphView) cannot write
-            return self._settle_edges(conn) if getattr(self._local, "writing", False) else 0
-        if conn.execute("SELECT 1 FROM pending_edges LIMIT 1").fetchone() is None:
+            return self._settle(conn) if getattr(self._local, "writing", False) else 0
+        if not conn.execute("SELECT EXISTS (SELECT 1 FROM pending_edges) OR EXISTS (SELECT 1 FROM nodes "
+                            "WHERE fts = 0)").fetchone()[0]:
             return 0
-        # Not synced before it returns: the queue it empties is durable already, and a power cut that loses
-        # this commit loses the queue's deletion with it, so the edges are settled again. A read settling
-        # (a search's graph expansion, say) does not wait for a fsync.
+        # Not synced before it returns: the queues it empties are durable already, and a power cut that loses
+        # this commit loses their emptying with it, so the work is done again. A read settling (a search's
+        # lexical query or graph expansion, say) does not wait for a fsync.
         with self.write(sync=False) as conn:
-            return self._settle_edges(conn)
+            return self._settle(conn)
+
+    def _settle(self, conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO nodes_fts(rowid, log_text, memory_text) SELECT rowid, log_text, memory_text "
+                     "FROM nodes WHERE fts = 0 AND text IS NOT NULL")
+        indexed = conn.execute("UPDATE nodes SET fts = 1 WHERE fts = 0").rowcount
+        return indexed + self._settle_edges(conn)
 
     def _settle_edges(self, conn: sqlite3.Connection) -> int:
         top = conn.execute("SELECT max(rowid) FROM pending_edges").fetchone()[0]
@@ -925,7 +959,7 @@ class Store:
         return True
 
     def edges_of(self, node_id: str, *, kinds: Iterable[str] | None = None, direction: str = "both") -> list[Edge]:
-        self.settle_edges()
+        self.settle()
         clauses = {"out": "src = ?", "in": "dst = ?", "both": "(src = ? OR dst = ?)"}[direction]
         params: list[Any] = [node_id] * (2 if direction == "both" else 1)
         sql = f"SELECT src, dst, kind, scope, created, data FROM edges WHERE {clauses}"
@@ -939,7 +973,7 @@ class Store:
         ]
 
     def list_edges(self, scope: str) -> list[Edge]:
-        self.settle_edges()
+        self.settle()
         return [
             Edge(src=r[0], dst=r[1], kind=r[2], scope=r[3], created=r[4], data=json.loads(r[5]))
             for r in self.conn.execute(
@@ -1004,7 +1038,7 @@ class Store:
     def history_since(self, seq: int, limit: int = 100_000) -> list[tuple]:
         """History rows after ``seq``: (seq, at, op, node, kind, scope, session, dst, payload). Queued edges are
         settled first, so that the history holds them as it holds every other edge."""
-        self.settle_edges()
+        self.settle()
         self._flush_history(self.conn)
         return self.conn.execute(
             "SELECT seq, at, op, node, kind, scope, session, dst, payload FROM history WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -1020,7 +1054,7 @@ class Store:
         ).fetchall()
 
     def last_seq(self) -> int:
-        self.settle_edges()  # as history_since would see it
+        self.settle()  # as history_since would see it
         self._flush_history(self.conn)
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
 
@@ -1076,6 +1110,7 @@ class Store:
         terms = fts_terms(text)
         if not terms:
             return []
+        self.settle()  # text a chat turn queued is searchable as soon as it is committed
         column = _fts_column(kinds)
         if budget is None:
             return self._bm25(_any_of(terms), column, scope, kinds, since, limit, window=None)
@@ -1134,6 +1169,7 @@ class Store:
     def match_counts(self, queries: Sequence[str], *, cap: int, column: str | None = None) -> list[int]:
         """How many rows of the lexical index (every scope) each FTS5 query matches, up to ``cap`` each, in one
         statement."""
+        self.settle()
         one = f"(SELECT count(*) FROM (SELECT 1 FROM nodes_fts WHERE nodes_fts MATCH ? LIMIT {int(cap)}))"
         sql = " UNION ALL ".join(f"SELECT {i}, {one}" for i in range(len(queries)))
         prefix = f"{{{column}}}: " if column else ""
@@ -1144,7 +1180,7 @@ class Store:
         return out
 
     def counts(self, scope: str | None = None) -> dict[str, Any]:
-        self.settle_edges()
+        self.settle()
         where, params = ("WHERE scope = ?", [scope]) if scope is not None else ("", [])
         nodes = dict(self.conn.execute(f"SELECT kind, count(*) FROM nodes {where} GROUP BY kind", params).fetchall())
         edges = dict(self.conn.execute(f"SELECT kind, count(*) FROM edges {where} GROUP BY kind", params).fetchall())

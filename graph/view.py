@@ -35,7 +35,7 @@ class GraphView:
         self._load()
 
     def _load(self) -> None:
-        self.store.settle_edges()
+        self.store.settle()
         conn = self.store.conn
         conn.execute("BEGIN")  # one read snapshot for the seq and the tables
         try:

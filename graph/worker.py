@@ -15,10 +15,10 @@ Inside :meth:`EmbedWorker.deferred`, wakes wait for the block to end: a chat
 turn writes its turns in its ``log`` step, and the worker's encode must not
 take the CPU from the turn's last steps (its LangGraph checkpoint).
 
-The worker also settles the edges ``MemoryGraph.log_turns`` queued
-(``Store.settle_edges``: a turn's ``next`` and ``surfaced`` edges), index or
-not, so that they are in place soon after the turn even when nothing reads
-them.
+The worker also settles what ``MemoryGraph.log_turns`` queued
+(``Store.settle``: a turn's ``next`` and ``surfaced`` edges, and its text
+for the full-text index), index or not, so that it is in place soon after
+the turn even when nothing reads it.
 
 An embedding or index failure is logged and retried with back-off; it never
 takes the caller down and never loses the node (it stays pending).
@@ -146,13 +146,13 @@ class EmbedWorker:
         try:
             index = self.get_index()
             if index is None:
-                self.store.settle_edges()  # the edges queued by the turn just logged
+                self.store.settle()  # what the turn just logged queued: its edges and its text
                 return False
             self._follow_deletions(index)
             rows = self.store.pending(self.batch)
-            # After reading the batch: the edges a turn in it queued (same commit) are settled by now, so a
-            # flush() that saw the turns embedded also sees their edges in place.
-            self.store.settle_edges()
+            # After reading the batch: the edges and text a turn in it queued (same commit) are settled by now,
+            # so a flush() that saw the turns embedded also sees their edges and full-text entries in place.
+            self.store.settle()
             if not rows:
                 return False
             texts = [r[5][: self.max_chars] for r in rows]

@@ -65,6 +65,8 @@ def as_version_1(db) -> None:
         for name in ("nodes_ai", "nodes_ad", "nodes_au"):
             conn.execute(f"DROP TRIGGER {name}")
         conn.execute("DROP TABLE nodes_fts")
+        conn.execute("DROP INDEX nodes_unindexed")  # schema 4's queued text, and its column
+        conn.execute("ALTER TABLE nodes DROP COLUMN fts")
         conn.execute("ALTER TABLE nodes DROP COLUMN memory_text")
         conn.execute("ALTER TABLE nodes DROP COLUMN log_text")
         conn.execute("CREATE VIRTUAL TABLE nodes_fts USING fts5(text, content='nodes', content_rowid='rowid', "

@@ -238,7 +238,7 @@ def test_log_turns_queues_its_links_and_the_first_read_of_edges_settles_them(gra
     assert db_rows(graph, "SELECT count(*) FROM pending_edges") == [(0,)]
     assert sorted((r[3], r[7]) for r in graph.store.history_since(history) if r[2] == "edge+") == sorted(
         [(user.id, reply.id)] + [(m.id, reply.id) for m in memories])
-    assert graph.store.settle_edges() == 0 and len(graph.edges(reply.id, kinds=["surfaced"])) == 3  # added once
+    assert graph.store.settle() == 0 and len(graph.edges(reply.id, kinds=["surfaced"])) == 3  # added once
 
 
 def test_the_worker_settles_queued_links_when_nothing_reads_them(graph):
@@ -262,6 +262,52 @@ def test_queued_links_neither_outlive_their_nodes_nor_come_back_once_unlinked(gr
     graph.forget(session="s")  # the turns go with their queued edges
     assert db_rows(graph, "SELECT count(*) FROM pending_edges") == [(0,)]
     assert db_rows(graph, "SELECT count(*) FROM edges WHERE dst = ?", again.id) == [(0,)]
+
+
+def _fts_rows(graph, *ids):
+    marks = ",".join("?" * len(ids))
+    return db_rows(graph, f"SELECT n.id, n.fts FROM nodes n JOIN nodes_fts_docsize d ON d.id = n.rowid "
+                          f"WHERE n.id IN ({marks}) ORDER BY n.id", *ids)
+
+
+def test_log_turns_queues_the_text_index_and_a_lexical_search_settles_it(graph):
+    graph.worker.stop()
+    user, reply = graph.log_turns("s", [dict(role="user", text="rename the zanzibar module"),
+                                        dict(role="assistant", text="Renamed zanzibar.")])
+    # committed, not yet in the full-text index: fts = 0 and no FTS5 entry
+    assert db_rows(graph, "SELECT fts FROM nodes WHERE id IN (?, ?)", user.id, reply.id) == [(0,), (0,)]
+    assert _fts_rows(graph, user.id, reply.id) == []
+    scope = graph.resolve_scope(None)
+    hits = graph.store.lexical("zanzibar", scope=scope, kinds=None, since=None, limit=5)
+    assert {i for i, _ in hits} == {user.id, reply.id}  # found by the first search after the commit
+    assert _fts_rows(graph, user.id, reply.id) == sorted([(user.id, 1), (reply.id, 1)])
+    assert graph.store.settle() == 0  # indexed once
+    assert db_rows(graph, "SELECT count(*) FROM nodes_fts_docsize") == db_rows(
+        graph, "SELECT count(*) FROM nodes WHERE text IS NOT NULL")
+
+
+def test_queued_text_edited_or_forgotten_before_it_is_indexed_leaves_the_index_right(graph):
+    graph.worker.stop()
+    kept, gone = graph.log_turns("s", [dict(role="user", text="walrus question"), dict(role="assistant", text="x")])
+    graph.log_turns("other", [dict(role="user", text="walrus too")])
+    graph.update(dataclasses.replace(kept, text="narwhal question"))  # still queued: nothing to delete from FTS5
+    graph.forget(session="other")  # deleted while queued: no entry to remove
+    scope = graph.resolve_scope(None)
+    assert [i for i, _ in graph.store.lexical("narwhal", scope=scope, kinds=None, since=None, limit=5)] == [kept.id]
+    assert graph.store.lexical("walrus", scope=scope, kinds=None, since=None, limit=5) == []
+    # one entry per node with text and nothing else, and FTS5's own structure intact
+    assert db_rows(graph, "SELECT count(*) FROM nodes WHERE fts = 0") == [(0,)]
+    assert db_rows(graph, "SELECT count(*) FROM nodes_fts_docsize WHERE id NOT IN "
+                          "(SELECT rowid FROM nodes WHERE text IS NOT NULL)") == [(0,)]
+    assert db_rows(graph, "SELECT count(*) FROM nodes_fts_docsize") == db_rows(
+        graph, "SELECT count(*) FROM nodes WHERE text IS NOT NULL")
+    graph.store.conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")
+
+
+def test_the_worker_indexes_queued_text_when_nothing_searches(graph):
+    user, reply = graph.log_turns("s", [dict(role="user", text="q"), dict(role="assistant", text="a")])
+    assert graph.flush(timeout=30)
+    assert _fts_rows(graph, user.id, reply.id) == sorted([(user.id, 1), (reply.id, 1)])
 
 
 @pytest.mark.parametrize("link, error, message", [

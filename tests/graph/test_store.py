@@ -249,6 +249,34 @@ def test_a_version_1_graph_is_migrated_with_its_text_index(tmp_path, version_1):
         store.close()
 
 
+def test_a_version_3_graph_gets_the_text_queue_with_its_rows_indexed(tmp_path):
+    db = tmp_path / "graph.db"
+    with MemoryGraph.open(GraphConfig(home=tmp_path), embedder=HashingEmbedder()) as g:
+        g.add(Memory(text="kafka lesson", memory_kind="lesson"))
+    conn = sqlite3.connect(db)
+    with conn:  # back to schema 3: no fts column, triggers without its condition
+        for name in ("nodes_ai", "nodes_ad", "nodes_au"):
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DROP INDEX nodes_unindexed")
+        conn.execute("ALTER TABLE nodes DROP COLUMN fts")
+        conn.execute("CREATE TRIGGER nodes_ad AFTER DELETE ON nodes WHEN old.text IS NOT NULL BEGIN "
+                     "INSERT INTO nodes_fts(nodes_fts, rowid, log_text, memory_text) "
+                     "VALUES ('delete', old.rowid, old.log_text, old.memory_text); END")
+        conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with MemoryGraph.open(GraphConfig(home=tmp_path), embedder=HashingEmbedder()) as g:
+        g.worker.stop()
+        assert g.store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        scope = g.resolve_scope(None)
+        assert len(g.store.lexical("kafka", scope=scope, kinds=None, since=None, limit=5)) == 1  # indexed before
+        turn = g.log_turns("s", [dict(role="user", text="kafka turn")])[0]
+        assert g.store.conn.execute("SELECT fts FROM nodes WHERE id = ?", (turn.id,)).fetchone() == (0,)
+        assert len(g.store.lexical("kafka", scope=scope, kinds=None, since=None, limit=5)) == 2
+        g.forget(session="s")  # the new delete trigger: the settled turn's entry goes with it
+        assert len(g.store.lexical("kafka", scope=scope, kinds=None, since=None, limit=5)) == 1
+        g.store.conn.execute("INSERT INTO nodes_fts(nodes_fts) VALUES ('integrity-check')")
+
+
 def _wal_frames(db) -> int:
     wal = db.with_name(db.name + "-wal")
     return 0 if not wal.exists() else (wal.stat().st_size - 32) // (4096 + 24)

@@ -242,6 +242,32 @@ def test_a_full_text_index_out_of_step_is_rebuilt(home, capsys, figures):
     figures.record("FTS index out of step", "rebuilt", "lexical search finds the dropped turns again")
 
 
+def test_text_queued_for_the_index_is_healthy_and_an_entry_beside_the_queue_is_not(home, capsys):
+    """A turn's text waits for the full-text index until settled (``fts = 0``): the doctor counts it as
+    queued, not missing; an FTS5 entry for such a row would be indexed twice by the settle, so it is a problem."""
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:
+        g.worker.stop()  # closed with the text still queued
+        g.log_turns("queued", [dict(role="user", text="quokka3x question")], scope="alice")
+    db = home / "graph.db"
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM nodes WHERE fts = 0").fetchone()[0] == 1
+        code, report = _doctor(capsys)
+        assert code == 0 and report["healthy"], report["problems"]
+        with conn:
+            conn.execute("INSERT INTO nodes_fts(rowid, log_text, memory_text) "
+                         "SELECT rowid, log_text, memory_text FROM nodes WHERE fts = 0")
+    finally:
+        conn.close()
+    code, report = _doctor(capsys)
+    assert code == 1 and [p["check"] for p in report["problems"]] == ["fts"], report["problems"]
+    code, report = _doctor(capsys, "--repair")
+    assert code == 0 and report["healthy"]
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:
+        assert len(g.store.lexical("quokka3x", scope="alice", kinds=None, since=None, limit=5)) == 1
+        assert g.store.conn.execute("SELECT count(*) FROM nodes WHERE fts = 0").fetchone()[0] == 0
+
+
 def test_a_version_1_graph_s_text_index_is_rebuilt_in_the_new_layout(home, capsys, version_1):
     """A graph from before memories had their own FTS5 column, never opened since: the repair migrates it."""
     version_1(home / "graph.db")
