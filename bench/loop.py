@@ -6,9 +6,9 @@ LangGraph's orchestration and checkpoint, and logging both turns. Measured on
 the real MiniLM embedder, with 10k memories (and 100k in full mode):
 
 - ``surface_p99_ms``: the ``surface`` step (search + packing the block);
-- ``log_p99_ms``: the ``log`` step (both turns, and their ``next`` and
-  ``surfaced`` edges queued, one transaction; the queue is settled into the
-  edge table after the turn). Target: <= 2 ms. The step commits without waiting for the
+- ``log_p99_ms``: the ``log`` step (both turns, with their ``next`` and
+  ``surfaced`` edges and their text for the full-text index queued, one
+  transaction; the queues are settled after the turn). Target: <= 2 ms. The step commits without waiting for the
   disk; the store's sync thread fsyncs the WAL beside the turn's last steps,
   and the turn waits for that before it answers. ``sync_wait_p99_ms`` is that
   wait, and the turn figures below include it;
