@@ -1114,9 +1114,9 @@ class Store:
         column = _fts_column(kinds)
         if budget is None:
             return self._bm25(_any_of(terms), column, scope, kinds, since, limit, window=None)
-        counts = self.term_counts(terms, cap=budget + 1, column=column)
+        counts = self._term_counts(terms, budget + 1, column)  # settled above: the private counts skip it
         bounded = bounded_query(terms, counts, budget, least=limit,
-                                count_all=lambda ts: self.match_counts([_all_of(ts)], cap=budget + 1, column=column)[0])
+                                count_all=lambda ts: self._match_counts([_all_of(ts)], budget + 1, column)[0])
         if bounded is None:
             return []
         query, picked = bounded
@@ -1164,12 +1164,19 @@ class Store:
         term would match; the cap keeps a common word's count cheap. ``column`` counts in one column only
         (``memory_text`` or ``log_text``).
         """
-        return dict(zip(terms, self.match_counts([_any_of([t]) for t in terms], cap=cap, column=column)))
+        self.settle()
+        return self._term_counts(terms, cap, column)
+
+    def _term_counts(self, terms: Sequence[str], cap: int, column: str | None) -> dict[str, int]:
+        return dict(zip(terms, self._match_counts([_any_of([t]) for t in terms], cap, column)))
 
     def match_counts(self, queries: Sequence[str], *, cap: int, column: str | None = None) -> list[int]:
         """How many rows of the lexical index (every scope) each FTS5 query matches, up to ``cap`` each, in one
         statement."""
         self.settle()
+        return self._match_counts(queries, cap, column)
+
+    def _match_counts(self, queries: Sequence[str], cap: int, column: str | None) -> list[int]:
         one = f"(SELECT count(*) FROM (SELECT 1 FROM nodes_fts WHERE nodes_fts MATCH ? LIMIT {int(cap)}))"
         sql = " UNION ALL ".join(f"SELECT {i}, {one}" for i in range(len(queries)))
         prefix = f"{{{column}}}: " if column else ""

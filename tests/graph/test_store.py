@@ -254,7 +254,8 @@ def test_a_version_3_graph_gets_the_text_queue_with_its_rows_indexed(tmp_path):
     with MemoryGraph.open(GraphConfig(home=tmp_path), embedder=HashingEmbedder()) as g:
         g.add(Memory(text="kafka lesson", memory_kind="lesson"))
     conn = sqlite3.connect(db)
-    with conn:  # back to schema 3: no fts column, triggers without its condition
+    with conn:  # back to schema 3: no fts column, and a delete trigger without its condition (the migration
+        # drops the triggers that are there and makes all three)
         for name in ("nodes_ai", "nodes_ad", "nodes_au"):
             conn.execute(f"DROP TRIGGER {name}")
         conn.execute("DROP INDEX nodes_unindexed")

@@ -226,16 +226,21 @@ def _fts_drop(db: Path) -> None:
     conn.close()
 
 
+def _fts_flagged_then_repaired(capsys) -> None:
+    """The doctor reports the full-text index, and only it, as a problem; ``--repair`` leaves the home healthy."""
+    code, report = _doctor(capsys)
+    assert code == 1 and [p["check"] for p in report["problems"]] == ["fts"], report["problems"]
+    code, report = _doctor(capsys, "--repair")
+    assert code == 0 and report["healthy"]
+
+
 def test_a_full_text_index_out_of_step_is_rebuilt(home, capsys, figures):
     before = _census(home)
     _fts_drop(home / "graph.db")
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:  # opens: the FTS check is the doctor's
         missed = g.store.lexical("widget3x5", scope="alice", kinds=None, since=None, limit=5)
     assert missed == [], "the damage did not take"
-    code, report = _doctor(capsys)
-    assert code == 1 and [p["check"] for p in report["problems"]] == ["fts"], report["problems"]
-    code, report = _doctor(capsys, "--repair")
-    assert code == 0 and report["healthy"]
+    _fts_flagged_then_repaired(capsys)
     assert _check_whole(home) == before
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:
         assert g.store.lexical("widget3x5", scope="alice", kinds=None, since=None, limit=5)
@@ -259,10 +264,7 @@ def test_text_queued_for_the_index_is_healthy_and_an_entry_beside_the_queue_is_n
                          "SELECT rowid, log_text, memory_text FROM nodes WHERE fts = 0")
     finally:
         conn.close()
-    code, report = _doctor(capsys)
-    assert code == 1 and [p["check"] for p in report["problems"]] == ["fts"], report["problems"]
-    code, report = _doctor(capsys, "--repair")
-    assert code == 0 and report["healthy"]
+    _fts_flagged_then_repaired(capsys)
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:
         assert len(g.store.lexical("quokka3x", scope="alice", kinds=None, since=None, limit=5)) == 1
         assert g.store.conn.execute("SELECT count(*) FROM nodes WHERE fts = 0").fetchone()[0] == 0
@@ -276,10 +278,7 @@ def test_a_version_1_graph_s_text_index_is_rebuilt_in_the_new_layout(home, capsy
         conn.execute("INSERT INTO nodes_fts(nodes_fts, rowid, text) SELECT 'delete', rowid, text FROM nodes "
                      "WHERE text LIKE '%widget3x%'")
     conn.close()
-    code, report = _doctor(capsys)
-    assert code == 1 and [p["check"] for p in report["problems"]] == ["fts"], report["problems"]
-    code, report = _doctor(capsys, "--repair")
-    assert code == 0 and report["healthy"]
+    _fts_flagged_then_repaired(capsys)
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:
         assert g.store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert g.store.lexical("widget3x5", scope="alice", kinds=None, since=None, limit=5)
