@@ -303,8 +303,8 @@ def _scheduler_options(p: argparse.ArgumentParser) -> None:
 
 
 def _open_graph(args: argparse.Namespace):
-    from graph import GraphConfig, load_config
-    from trainer.export import open_graph
+    from mindloop.graph import GraphConfig, load_config
+    from mindloop.trainer.export import open_graph
 
     config = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home})
     return open_graph(config)
@@ -323,14 +323,14 @@ def _read_lines(path: str) -> list[str]:
     try:
         return data.decode("utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028, NEL, \x1c...
     except UnicodeDecodeError as e:
-        from graph import InvalidRecord
+        from mindloop.graph import InvalidRecord
 
         line = 1 + data[: e.start].count(b"\n")
         raise InvalidRecord(f"{path}: line {line}: not valid UTF-8 (byte {data[e.start]:#x})") from None
 
 
 def _cmd_log_import(args) -> int:
-    from graph.conversations import import_conversations
+    from mindloop.graph.conversations import import_conversations
 
     lines = _read_lines(args.file)
     with _open_graph(args) as g:
@@ -433,8 +433,8 @@ def _cmd_import(args) -> int:
 
 
 def _open_backend(args, g):
-    from agents.backends import ModelConfig, make_backend
-    from graph import load_config
+    from mindloop.agents.chat.backends import ModelConfig, make_backend
+    from mindloop.graph import load_config
 
     model_cfg = load_config(ModelConfig, "model", file=args.config,
                             overrides={"model": getattr(args, "model", None), "upstream": getattr(args, "upstream", None),
@@ -443,8 +443,8 @@ def _open_backend(args, g):
 
 
 def _signal_config(args):
-    from agents.signal import SignalConfig
-    from graph import load_config
+    from mindloop.agents.signal.agent import SignalConfig
+    from mindloop.graph import load_config
 
     return load_config(SignalConfig, "signal", file=args.config,
                        overrides={"threshold": getattr(args, "threshold", None), "judge": getattr(args, "judge", None),
@@ -455,8 +455,8 @@ def _reader(cfg, backend=None):
     """The detector's reader, sharing ``backend``'s weights when it is the bundled local model."""
     if cfg.reader == "off":
         return None
-    from agents.backends import LocalBackend
-    from agents.reader import Reader
+    from mindloop.agents.chat.backends import LocalBackend
+    from mindloop.agents.signal.reader import Reader
 
     if isinstance(backend, LocalBackend) and backend.source == "bundled":
         return Reader(backend=backend)
@@ -464,8 +464,8 @@ def _reader(cfg, backend=None):
 
 
 def _detector(args, embedder, backend=None):
-    from agents.detect import Detector
-    from agents.judge import LLMJudge
+    from mindloop.agents.signal.detect import Detector
+    from mindloop.agents.signal.judge import LLMJudge
 
     cfg = _signal_config(args)
     judge = LLMJudge(backend) if cfg.judge == "model" and backend is not None else None
@@ -473,10 +473,10 @@ def _detector(args, embedder, backend=None):
 
 
 def _open_loop(args, g):
-    from agents.loop import ChatLoop
-    from agents.signal import SignalAgent
-    from agents.surface import SurfaceConfig, Surfacer
-    from graph import load_config
+    from mindloop.agents.chat.loop import ChatLoop
+    from mindloop.agents.signal.agent import SignalAgent
+    from mindloop.agents.chat.surface import SurfaceConfig, Surfacer
+    from mindloop.graph import load_config
 
     surface_cfg = load_config(SurfaceConfig, "surface", file=args.config)
     backend = _open_backend(args, g)
@@ -486,7 +486,7 @@ def _open_loop(args, g):
 
 
 def _cmd_chat(args) -> int:
-    from agents.chat import run_chat
+    from mindloop.agents.terminal import run_chat
 
     with _open_graph(args) as g:
         loop = _open_loop(args, g)
@@ -501,8 +501,8 @@ def _cmd_chat(args) -> int:
 def _cmd_serve(args) -> int:
     import uvicorn
 
-    from agents.server import ServeConfig, check_bind, create_app
-    from graph import load_config
+    from mindloop.agents.server import ServeConfig, check_bind, create_app
+    from mindloop.graph import load_config
 
     cfg = load_config(ServeConfig, "serve", file=args.config, overrides={"host": args.host, "port": args.port})
     check_bind(cfg)
@@ -534,9 +534,9 @@ def _cmd_serve(args) -> int:
 
 
 def _scheduler(args, g, *, say=None):
-    from agents.observe import ObserveConfig
-    from agents.scheduler import Scheduler, SchedulerConfig
-    from graph import load_config
+    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig
+    from mindloop.graph import load_config
 
     cfg = load_config(SchedulerConfig, "scheduler", file=args.config, overrides={
         "interval_s": getattr(args, "interval", None), "min_flags": getattr(args, "min_flags", None),
@@ -591,10 +591,10 @@ def _sigterm_closes() -> None:
 
 
 def _cmd_observe(args) -> int:
-    from agents import observe as ob
-    from trainer.checkpoints import Checkpoints
+    from mindloop.agents.cycle import observe as ob
+    from mindloop.trainer.checkpoints import Checkpoints
 
-    from graph import load_config
+    from mindloop.graph import load_config
 
     cfg = load_config(ob.ObserveConfig, "observe", file=args.config)
     with _open_graph(args) as g:
@@ -612,7 +612,7 @@ def _cmd_observe(args) -> int:
             _print(args, out, "\n".join(lines))
             return 0 if result.promote else 1
         if args.resolve:
-            from graph import Alert
+            from mindloop.graph import Alert
 
             alert = g.get(args.resolve, args.scope)
             if not isinstance(alert, Alert):
@@ -658,10 +658,10 @@ def _format_assessment(c: dict) -> str:
 
 
 def _cmd_report(args) -> int:
-    from agents.observe import ObserveConfig
-    from agents.report import write_report
-    from graph import load_config
-    from trainer.checkpoints import Checkpoints
+    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.report import write_report
+    from mindloop.graph import load_config
+    from mindloop.trainer.checkpoints import Checkpoints
 
     with _open_graph(args) as g:
         out = Path(args.out) if args.out else g.config.home / "report.html"
@@ -676,11 +676,11 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from agents import observe as ob
-    from agents.scheduler import Scheduler, SchedulerConfig, readiness
-    from trainer.checkpoints import Checkpoints
+    from mindloop.agents.cycle import observe as ob
+    from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig, readiness
+    from mindloop.trainer.checkpoints import Checkpoints
 
-    from graph import load_config
+    from mindloop.graph import load_config
 
     cfg = load_config(SchedulerConfig, "scheduler", file=args.config)
     ocfg = load_config(ob.ObserveConfig, "observe", file=args.config)
@@ -739,7 +739,7 @@ def _cmd_detect(args) -> int:
     with _open_graph(args) as g:
         g.flush(timeout=600)
         if args.dependence:
-            from agents.dependence import score_turns
+            from mindloop.agents.signal.dependence import score_turns
 
             backend = _open_backend(args, g)
             try:
@@ -749,8 +749,8 @@ def _cmd_detect(args) -> int:
             human = "\n".join(f"{d['score']:+.3f}  {d['turn']}  ({d['session']})" for d in scored)
             _print(args, {"scored": scored}, f"scored {len(scored)} repl(ies) for memory dependence\n" + human)
             return 0
-        from agents.patterns import describe, model_namer, update_patterns
-        from agents.signal import SignalAgent
+        from mindloop.agents.signal.patterns import describe, model_namer, update_patterns
+        from mindloop.agents.signal.agent import SignalAgent
 
         backend = _open_backend(args, g) if (args.judge or _signal_config(args).judge) == "model" else None
         detector, cfg = _detector(args, g.embedder, backend)
@@ -778,8 +778,8 @@ def _snippet(text: str, n: int) -> str:
 
 
 def _detect_offline(args) -> int:
-    from agents.detect import evaluate, read_pairs, seed_path, seed_pairs, shipped_weights_path, train
-    from graph import GraphConfig, load_config, make_embedder
+    from mindloop.agents.signal.detect import evaluate, read_pairs, seed_path, seed_pairs, shipped_weights_path, train
+    from mindloop.graph import GraphConfig, load_config, make_embedder
 
     graph_cfg = load_config(GraphConfig, "graph", file=args.config)
     embedder = make_embedder(graph_cfg.embedder, graph_cfg.embed_dtype, graph_cfg.embed_query_runtime)
@@ -801,7 +801,7 @@ def _detect_offline(args) -> int:
     if args.split:
         pairs = [p for p in pairs if p.split == args.split]
         if not pairs:
-            from graph import InvalidRecord
+            from mindloop.graph import InvalidRecord
 
             raise InvalidRecord(f"{args.eval}: no line has split {args.split!r}")
     detector, _ = _detector(args, embedder)
@@ -824,15 +824,15 @@ def _detect_offline(args) -> int:
 
 
 def _signal_agent(args, g):
-    from agents.signal import SignalAgent
+    from mindloop.agents.signal.agent import SignalAgent
 
     detector, cfg = _detector(args, g.embedder)
     return SignalAgent(g, detector, cfg)
 
 
 def _cmd_flags(args) -> int:
-    from agents.dependence import candidates
-    from agents.patterns import resolve_pattern
+    from mindloop.agents.signal.dependence import candidates
+    from mindloop.agents.signal.patterns import resolve_pattern
 
     with _open_graph(args) as g:
         agent = _signal_agent(args, g)
@@ -880,7 +880,7 @@ def _cmd_flags(args) -> int:
 
 
 def _cmd_patterns(args) -> int:
-    from agents.patterns import describe, model_namer, update_patterns
+    from mindloop.agents.signal.patterns import describe, model_namer, update_patterns
 
     with _open_graph(args) as g:
         if args.rebuild:
@@ -900,9 +900,9 @@ def _cmd_patterns(args) -> int:
 
 
 def _cmd_compose(args) -> int:
-    from agents.compose import ComposeConfig, compose, write_jsonl
-    from agents.patterns import resolve_pattern
-    from graph import load_config
+    from mindloop.agents.signal.compose import ComposeConfig, compose, write_jsonl
+    from mindloop.agents.signal.patterns import resolve_pattern
+    from mindloop.graph import load_config
 
     cfg = load_config(ComposeConfig, "compose", file=args.config,
                       overrides={"general_ratio": args.general_ratio, "pushback_ratio": args.pushback_ratio,
@@ -941,12 +941,12 @@ def _main_process() -> bool:
 
 
 def _cmd_train(args) -> int:
-    from trainer.data import read_dataset, rows_from_examples
-    from trainer.evaluate import format_comparison
-    from trainer.evaluate import builtin_probes, probes_from_examples
-    from trainer.run import TrainConfig, record_run, recover_runs, train
+    from mindloop.trainer.data import read_dataset, rows_from_examples
+    from mindloop.trainer.evaluate import format_comparison
+    from mindloop.trainer.evaluate import builtin_probes, probes_from_examples
+    from mindloop.trainer.run import TrainConfig, record_run, recover_runs, train
 
-    from graph import load_config
+    from mindloop.graph import load_config
 
     cfg = load_config(TrainConfig, "train", file=args.config, overrides={
         "objective": args.objective, "method": args.method, "optimizer": args.optimizer, "lr": args.lr,
@@ -961,14 +961,14 @@ def _cmd_train(args) -> int:
         probes = builtin_probes()
         example_ids: list[str] = []
         if args.pattern:
-            from agents.patterns import resolve_pattern
+            from mindloop.agents.signal.patterns import resolve_pattern
 
             pattern = resolve_pattern(g, args.pattern, args.scope)
             examples = [e for e in g.nodes(kind="example", scope=args.scope) if e.pattern == pattern.id]
             train_ex = [e for e in examples if e.split == "train" and (
                 args.include_trained or not g.edges(e.id, kinds=["trained_on"], direction="in"))]
             if not train_ex:
-                from trainer.errors import InvalidDataset
+                from mindloop.trainer.errors import InvalidDataset
 
                 raise InvalidDataset(f"pattern {pattern.id} has no untrained train-split examples: run "
                                      f"`mindloop compose --pattern {pattern.id}` first (or --include-trained)")
@@ -979,7 +979,7 @@ def _cmd_train(args) -> int:
             rows = read_dataset(args.dataset, cfg.objective)
         tags = None
         if args.pattern:
-            from agents.scheduler import confirmed_flags
+            from mindloop.agents.cycle.scheduler import confirmed_flags
 
             tags = {"pattern": pattern.id, "accept_examples": sum(e.example_kind == "accept" for e in train_ex),
                     "flags": confirmed_flags(g, pattern.id)}
@@ -998,11 +998,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from trainer.checkpoints import Checkpoints
-    from trainer.evaluate import builtin_probes, evaluate, read_probes
-    from trainer.model import load_model
+    from mindloop.trainer.checkpoints import Checkpoints
+    from mindloop.trainer.evaluate import builtin_probes, evaluate, read_probes
+    from mindloop.trainer.model import load_model
 
-    from graph import GraphConfig, load_config
+    from mindloop.graph import GraphConfig, load_config
 
     home = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home}).home
     store = Checkpoints(Path(home) / "checkpoints")
@@ -1031,9 +1031,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_checkpoints(args) -> int:
-    from trainer.checkpoints import Checkpoints
+    from mindloop.trainer.checkpoints import Checkpoints
 
-    from graph import GraphConfig, load_config
+    from mindloop.graph import GraphConfig, load_config
 
     home = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home}).home
     store = Checkpoints(Path(home) / "checkpoints")
@@ -1052,14 +1052,14 @@ def _cmd_checkpoints(args) -> int:
         _print(args, {"promoted": current, "checkpoints": items}, "\n".join(lines))
         return 0
     if action == "show":
-        from trainer.evaluate import format_comparison
+        from mindloop.trainer.evaluate import format_comparison
 
         m = store.get(args.id)
         metrics = m.get("metrics", {})
         _print(args, m, f"{m['id']} ({m['kind']}, base {m.get('base_model')}, parent {m.get('parent') or 'base'}, "
                         f"run {m.get('run')})\n" + format_comparison(metrics.get("before"), metrics.get("after")))
         return 0
-    from agents.observe import promote, rollback
+    from mindloop.agents.cycle.observe import promote, rollback
 
     with _open_graph(args) as g:
         if action == "promote":
@@ -1075,8 +1075,8 @@ def _cmd_checkpoints(args) -> int:
 
 
 def _cmd_doctor(args) -> int:
-    from agents.doctor import doctor
-    from graph import GraphConfig, load_config
+    from mindloop.agents.doctor import doctor
+    from mindloop.graph import GraphConfig, load_config
 
     config = load_config(GraphConfig, "graph", file=args.config, overrides={"home": args.home})
     report = doctor(config.home, repair=args.repair, config=config)
@@ -1088,8 +1088,8 @@ def _cmd_ui(args) -> int:
 
     import uvicorn
 
-    from agents.ui import UIConfig, create_app
-    from graph import load_config
+    from mindloop.agents.ui import UIConfig, create_app
+    from mindloop.graph import load_config
 
     cfg = load_config(UIConfig, "ui", file=args.config, overrides={"host": args.host, "port": args.port,
                                                                    "token": args.token, "scope": args.scope})
@@ -1145,9 +1145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     action = (getattr(args, "log_command", None) or getattr(args, "graph_command", None)
               or getattr(args, "flags_command", None) or getattr(args, "checkpoints_command", None))
     handler = _COMMANDS[(args.command, action)]
-    from agents.backends import BackendError
-    from graph import GraphError
-    from trainer.errors import TrainerError
+    from mindloop.agents.chat.backends import BackendError
+    from mindloop.graph import GraphError
+    from mindloop.trainer.errors import TrainerError
 
     try:
         return handler(args)

@@ -59,7 +59,7 @@ _GRAPH_TABLES = {
     "edges": ("src", "dst", "kind", "scope", "created", "data"),
     "history": ("seq", "at", "op", "node", "kind", "scope", "session", "dst", "payload"),
 }
-# The files a checkpoint of each kind must hold (as trainer.checkpoints writes them).
+# The files a checkpoint of each kind must hold (as mindloop.trainer.checkpoints writes them).
 _WEIGHTS = {"lora": ("adapter_model.safetensors", "adapter_config.json"), "full": ("model.safetensors", "config.json")}
 
 
@@ -138,7 +138,7 @@ def doctor(home: str | os.PathLike, *, repair: bool = False, config=None, embedd
     ``config`` is the :class:`graph.GraphConfig` to open the graph with
     (default: one for ``home``); ``embedder`` overrides the one it names.
     """
-    from graph import GraphConfig
+    from mindloop.graph import GraphConfig
 
     home = Path(home)
     config = config or GraphConfig(home=home)
@@ -176,7 +176,7 @@ def _integrity(path: Path) -> list[str]:
 
 def _check_graph_db(config, report: Report, repair: bool, stamp: str) -> bool:
     """Check graph.db (repairing it if asked); True when it is whole afterwards."""
-    from graph.store import APPLICATION_ID
+    from mindloop.graph.store import APPLICATION_ID
 
     db, chroma = config.db_path, config.chroma_path
     if not db.exists() or db.stat().st_size == 0:
@@ -225,7 +225,7 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
     FTS5's stricter check against the content table (``rank`` 1) cannot be
     used: it expects an entry for every row, the text-less ones included.
     """
-    from graph.store import FTS_REBUILD
+    from mindloop.graph.store import FTS_REBUILD
 
     missing = extra = 0
     columns = {r[1] for r in conn.execute("PRAGMA table_xinfo(nodes)")}
@@ -246,7 +246,7 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
                               "or invents hits")
     if repair:
         if "fts" not in columns:
-            from graph.store import Store
+            from mindloop.graph.store import Store
 
             Store(db, check=False).close()  # an older schema: migrated first (version 1's index is made anew)
         with conn:
@@ -356,8 +356,8 @@ def _salvage(path: Path, stamp: str, *, graph: bool) -> tuple[Path, dict[str, in
 
 
 def _salvage_graph(src: sqlite3.Connection, fresh: Path, counts: dict[str, int]) -> None:
-    from graph.records import record_from_json
-    from graph.store import Store
+    from mindloop.graph.records import record_from_json
+    from mindloop.graph.store import Store
 
     Store(fresh, check=False).close()  # the schema: tables, FTS and its triggers
     dst = sqlite3.connect(fresh, isolation_level=None)
@@ -554,9 +554,9 @@ def _chroma_in_use(config) -> bool:
 
 
 def _check_vectors(config, report: Report, repair: bool, embedder, flush_timeout_s: float) -> None:
-    from graph import IndexUnavailable, MemoryGraph, make_embedder
-    from graph.index import ChromaIndex, damaged_segments
-    from graph.store import Store
+    from mindloop.graph import IndexUnavailable, MemoryGraph, make_embedder
+    from mindloop.graph.index import ChromaIndex, damaged_segments
+    from mindloop.graph.store import Store
 
     root = config.chroma_path
     if not config.chroma_url:
@@ -670,8 +670,8 @@ def _parent_of(folder: Path) -> str | None:
 
 
 def _check_checkpoints(root: Path, report: Report, repair: bool, stamp: str) -> None:
-    from trainer.checkpoints import PROMOTED, Checkpoints
-    from trainer.errors import CheckpointError
+    from mindloop.trainer.checkpoints import PROMOTED, Checkpoints
+    from mindloop.trainer.errors import CheckpointError
 
     if not root.exists():
         report.ok("checkpoints")

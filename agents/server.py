@@ -9,7 +9,7 @@ the user's; the messages before it are the conversation so far. The session
 comes from the ``X-Session-Id`` header or the ``user`` field (else it is
 derived from the conversation's first messages, so one conversation keeps
 one session), the scope from ``X-Scope`` or the config. Every turn goes
-through :class:`agents.loop.ChatLoop`, so memories are surfaced and both
+through :class:`mindloop.agents.chat.loop.ChatLoop`, so memories are surfaced and both
 turns are logged.
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``)
@@ -34,7 +34,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from agents.loop import ChatLoop, TurnResult
+from mindloop.agents.chat.loop import ChatLoop, TurnResult
 
 __all__ = ["ServeConfig", "check_bind", "create_app"]
 
@@ -87,7 +87,7 @@ class ServeConfig:
     max_body_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest request body; larger = 413"})
 
     def __post_init__(self) -> None:
-        from graph import ConfigError
+        from mindloop.graph import ConfigError
 
         if not 0 < self.port < 65536:
             raise ConfigError(f"serve.port must be 1-65535, got {self.port}")
@@ -106,7 +106,7 @@ def _is_loopback(host: str) -> bool:
 
 def check_bind(config: ServeConfig) -> None:
     """Refuse a non-loopback bind without a token."""
-    from graph import ConfigError
+    from mindloop.graph import ConfigError
 
     if not _is_loopback(config.host) and not config.api_token:
         raise ConfigError(f"refusing to listen on {config.host} without a token: set MINDLOOP_API_TOKEN "
@@ -239,7 +239,7 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
             return _error(400, "the request body is not valid JSON: nested too deeply", code="invalid_json")
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
             return _error(400, f"the request body is not valid JSON: {e}", code="invalid_json")
-        from graph.records import check_text
+        from mindloop.graph.records import check_text
 
         try:
             history, user, params = parse_request(body)

@@ -56,20 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     say = (lambda *a: None) if args.json else print
 
-    from agents.backends import LocalBackend
-    from agents.compose import compose
-    from agents.detect import Detector
-    from agents.patterns import update_patterns
-    from agents.reader import Reader
-    from agents.signal import SignalAgent
-    from graph import GraphConfig
-    from graph.conversations import import_conversations
-    from trainer.checkpoints import Checkpoints
-    from trainer.data import rows_from_examples
-    from trainer.evaluate import builtin_probes, evaluate, probes_from_examples, steering_direction
-    from trainer.export import open_graph
-    from trainer.model import load_model
-    from trainer.run import TrainConfig, record_run, train
+    from mindloop.agents.chat.backends import LocalBackend
+    from mindloop.agents.signal.compose import compose
+    from mindloop.agents.signal.detect import Detector
+    from mindloop.agents.signal.patterns import update_patterns
+    from mindloop.agents.signal.reader import Reader
+    from mindloop.agents.signal.agent import SignalAgent
+    from mindloop.graph import GraphConfig
+    from mindloop.graph.conversations import import_conversations
+    from mindloop.trainer.checkpoints import Checkpoints
+    from mindloop.trainer.data import rows_from_examples
+    from mindloop.trainer.evaluate import builtin_probes, evaluate, probes_from_examples, steering_direction
+    from mindloop.trainer.export import open_graph
+    from mindloop.trainer.model import load_model
+    from mindloop.trainer.run import TrainConfig, record_run, train
 
     started = time.perf_counter()
     home = Path(args.home or tempfile.mkdtemp(prefix="mindloop-efficacy-"))

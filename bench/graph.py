@@ -69,9 +69,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
-from graph.embed import EMBED_DTYPES, QUERY_RUNTIMES  # noqa: E402
-from trainer.export import onnx_export  # noqa: E402
+from mindloop.graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
+from mindloop.graph.embed import EMBED_DTYPES, QUERY_RUNTIMES  # noqa: E402
+from mindloop.trainer.export import onnx_export  # noqa: E402
 
 SCOPE = "bench"
 TARGETS = {  # metric: (comparison, target)
@@ -557,7 +557,7 @@ def _breakdown(graph: MemoryGraph, model, coll, qs: Sequence[str]) -> dict[str, 
 def _bm25_kept(graph: MemoryGraph, q: str, ids: Sequence[str], full: Sequence[tuple[str, float]]) -> float:
     """How much of the unbounded top's BM25 (every query word ORed) the bounded lexical top keeps: the sum of
     the bounded hits' unbounded scores over the sum of the unbounded hits' scores (1.0 = as good)."""
-    from graph.store import fts_query
+    from mindloop.graph.store import fts_query
 
     best = sum(s for _, s in full)
     if not best:

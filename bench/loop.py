@@ -57,11 +57,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from agents.backends import ScriptedBackend  # noqa: E402
-from agents.loop import ChatLoop  # noqa: E402
-from graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
-from graph.embed import EMBED_DTYPES, QUERY_RUNTIMES  # noqa: E402
-from trainer.export import onnx_export  # noqa: E402
+from mindloop.agents.chat.backends import ScriptedBackend  # noqa: E402
+from mindloop.agents.chat.loop import ChatLoop  # noqa: E402
+from mindloop.graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
+from mindloop.graph.embed import EMBED_DTYPES, QUERY_RUNTIMES  # noqa: E402
+from mindloop.trainer.export import onnx_export  # noqa: E402
 
 TOPICS = ("the deploy pipeline", "invoice exports", "the onboarding email", "unit tests", "the sales dashboard",
           "SQL migrations", "the mobile app", "API rate limits", "the quarterly report", "the team offsite",

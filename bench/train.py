@@ -2,7 +2,7 @@
 
 Two measurements, in one run:
 
-1. **Context-frozen vs ordinary response-only backprop** (:mod:`trainer.frozen`)
+1. **Context-frozen vs ordinary response-only backprop** (:mod:`mindloop.trainer.frozen`)
    at prompt/response lengths 256/64, 512/64 and 1024/64: the full model
    (float32, every weight trainable, ``model.train()``), batch size 1, random
    token ids from the model's vocabulary (seeded). One step is the loss
@@ -20,7 +20,7 @@ Two measurements, in one run:
    frozen step with the context in float32 (``context_dtype="model"``, logits
    equal to the ordinary forward's) is measured too: ``speedup_exact``,
    ``frozen_speedup_1024_exact``. The 1024/64 pair runs a third time with full
-   weights and AdamW stepped inside backward (:mod:`trainer.optim`, ``mindloop
+   weights and AdamW stepped inside backward (:mod:`mindloop.trainer.optim`, ``mindloop
    train --method full --step-in-backward``), where no weight keeps its
    gradient past its own step: ``frozen_mem_ratio_1024_step_in_backward``
    compares the steady-state step peaks (``step_peak_mb``, below), because
@@ -46,7 +46,7 @@ Two measurements, in one run:
 
 2. **Our SFT step vs TRL's** on the same data and model: TRL's
    ``SFTTrainer`` with ``completion_only_loss=True``, and ours
-   (``trainer.run._sft_trainer_class()``) with ``context_frozen=False`` (the
+   (``mindloop.trainer.run._sft_trainer_class()``) with ``context_frozen=False`` (the
    path that defers to TRL's loss), on 16 conversational prompt/completion
    rows (~200-token prompts, seeded), the same ``SFTConfig`` for both:
    ``use_cpu=True``, ``per_device_train_batch_size=2``, ``max_steps`` 6
@@ -136,11 +136,11 @@ def _reset_peak() -> int:
 def _load():
     import torch
 
-    from trainer.model import load_model
+    from mindloop.trainer.model import load_model
 
     torch.manual_seed(0)
     model, tok = load_model("bundled", device="cpu", dtype=torch.float32)
-    # the de-quantized cache (trainer.model.bundled_cache) is memory-mapped: its pages would fault in during the
+    # the de-quantized cache (mindloop.trainer.model.bundled_cache) is memory-mapped: its pages would fault in during the
     # first step and count as the step's memory. Copies in ordinary memory belong to the baseline.
     with torch.no_grad():
         for param in model.parameters():
@@ -154,13 +154,13 @@ def _load():
 def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, method: str = "full") -> dict:
     import torch
 
-    from trainer.frozen import frozen_response_loss, ordinary_response_loss, resolve_context_dtype
+    from mindloop.trainer.frozen import frozen_response_loss, ordinary_response_loss, resolve_context_dtype
 
     model, _ = _load()
     if method == "lora":  # what `mindloop train` does by default: TrainConfig's rank, alpha and target modules
         from peft import LoraConfig, get_peft_model
 
-        from trainer.run import TrainConfig
+        from mindloop.trainer.run import TrainConfig
 
         cfg = TrainConfig()
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
@@ -170,7 +170,7 @@ def worker_backprop(mode: str, prompt_len: int, response_len: int, steps: int, m
             p.requires_grad_(True)
     sib = None
     if method == "step_in_backward":  # `mindloop train --method full --step-in-backward`: AdamW steps in the hooks
-        from trainer.optim import StepInBackward
+        from mindloop.trainer.optim import StepInBackward
 
         sib = StepInBackward(model.parameters(), lr=1e-5)
     model.train()
@@ -265,7 +265,7 @@ def worker_sft(mode: str, max_steps: int) -> dict:
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.run import _sft_trainer_class
+    from mindloop.trainer.run import _sft_trainer_class
 
     model, tok = _load()
     rows = sft_rows()

@@ -59,9 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "examples"))  # the scripted user of the replays
 
-from graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
-from graph.conversations import import_conversations  # noqa: E402
-from trainer.export import open_graph  # noqa: E402
+from mindloop.graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
+from mindloop.graph.conversations import import_conversations  # noqa: E402
+from mindloop.trainer.export import open_graph  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "conversations.jsonl"
 CORRECTIONS = ROOT / "examples" / "data" / "corrections.jsonl"
@@ -96,7 +96,7 @@ SCRIPTED_CHAT = [
 
 
 def chat_through_the_loop(graph: MemoryGraph, agent, backend) -> None:
-    from agents.loop import ChatLoop, TurnResult
+    from mindloop.agents.chat.loop import ChatLoop, TurnResult
 
     lesson = graph.add(Memory(memory_kind="lesson", text="When the user asks to rename something, just rename it; "
                                                          "do not suggest alternatives."))
@@ -132,8 +132,8 @@ def chat_through_the_loop(graph: MemoryGraph, agent, backend) -> None:
 def training_signal(graph: MemoryGraph, agent, backend):
     from collections import Counter
 
-    from agents.compose import compose
-    from agents.patterns import describe, update_patterns
+    from mindloop.agents.signal.compose import compose
+    from mindloop.agents.signal.patterns import describe, update_patterns
 
     report = import_conversations(graph, CORRECTIONS.read_text(encoding="utf-8").splitlines())
     console.print(f"logged {report.conversations} more scripted conversations from {CORRECTIONS.name}")
@@ -217,7 +217,7 @@ def _replay(loop, tag: str) -> None:
 
 
 def _demo_gate():
-    from agents.observe import ObserveConfig
+    from mindloop.agents.cycle.observe import ObserveConfig
 
     # min_turns 20 (default 30): the demo's traffic is 40 scripted requests per model
     return ObserveConfig(min_turns=20)
@@ -225,10 +225,10 @@ def _demo_gate():
 
 def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
     """The scheduler finds the pattern ripe and runs the cycle; traffic before and after; the watch's verdict."""
-    from agents.loop import ChatLoop
-    from agents.observe import report
-    from agents.scheduler import Scheduler, SchedulerConfig, readiness
-    from trainer.checkpoints import Checkpoints
+    from mindloop.agents.chat.loop import ChatLoop
+    from mindloop.agents.cycle.observe import report
+    from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig, readiness
+    from mindloop.trainer.checkpoints import Checkpoints
 
     store = Checkpoints(graph.config.home / "checkpoints")
     loop = ChatLoop(graph, backend, on_pair=agent.on_pair)
@@ -252,7 +252,7 @@ def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
                           + (f": {state['note']}" if state.get("note") else ""))
             run = graph.get(state["run_id"]) if state.get("run_id") else None
             if run is not None:
-                from trainer.evaluate import format_comparison
+                from mindloop.trainer.evaluate import format_comparison
 
                 console.print(format_comparison(run.metrics.get("before"), run.metrics.get("after")), markup=False)
             if store.promoted() is None:
@@ -272,12 +272,12 @@ def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
 
 def over_trained(graph: MemoryGraph, agent, backend, pattern) -> None:
     """An operator trains far too hard and promotes by hand; the gate said no, the watch rolls it back."""
-    from agents.loop import ChatLoop
-    from agents.observe import gate_checkpoint, promote, report, watch
-    from trainer.checkpoints import Checkpoints
-    from trainer.data import rows_from_examples
-    from trainer.evaluate import builtin_probes, probes_from_examples
-    from trainer.run import TrainConfig, record_run, train
+    from mindloop.agents.chat.loop import ChatLoop
+    from mindloop.agents.cycle.observe import gate_checkpoint, promote, report, watch
+    from mindloop.trainer.checkpoints import Checkpoints
+    from mindloop.trainer.data import rows_from_examples
+    from mindloop.trainer.evaluate import builtin_probes, probes_from_examples
+    from mindloop.trainer.run import TrainConfig, record_run, train
 
     store = Checkpoints(graph.config.home / "checkpoints")
     observe = _demo_gate()
@@ -355,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"forget --session rename-1: {removed} nodes removed; searching for it again finds "
                       f"{len(left)} of them")
 
-        from agents.backends import LocalBackend
-        from agents.detect import Detector
-        from agents.reader import Reader
-        from agents.signal import SignalAgent, SignalConfig
+        from mindloop.agents.chat.backends import LocalBackend
+        from mindloop.agents.signal.detect import Detector
+        from mindloop.agents.signal.reader import Reader
+        from mindloop.agents.signal.agent import SignalAgent, SignalConfig
 
         section("the agent loop: surface -> respond -> log -> signal (bundled SmolLM2-135M)")
         t = time.perf_counter()
@@ -379,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             over_trained(graph, agent, backend, found[0])
         backend.close()
 
-        from agents.report import write_report
-        from trainer.checkpoints import Checkpoints
+        from mindloop.agents.report import write_report
+        from mindloop.trainer.checkpoints import Checkpoints
 
         path = write_report(home / "report.html", graph, Checkpoints(home / "checkpoints"),
                             observe_config=_demo_gate(), traffic=TRAFFIC, title="mindloop demo")
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print("  .venv/bin/mindloop serve --port 8000          # OpenAI-compatible proxy")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop flags list    # review: flags show|confirm|reject|edit")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop patterns")
-    console.print("  .venv/bin/mindloop detect --eval agents/data/seed.jsonl --split heldout")
+    console.print("  .venv/bin/mindloop detect --eval agents/signal/data/seed.jsonl --split heldout")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop status      # readiness, runs, verdicts, alerts")
     console.print(f"  MINDLOOP_HOME={home} .venv/bin/mindloop observe     # rates per checkpoint, tests, rollbacks")
     console.print(f"the inspection UI over this demo's data: .venv/bin/mindloop ui --home {home}   "

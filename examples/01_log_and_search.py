@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
+from mindloop.graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
 
 
 def main() -> int:

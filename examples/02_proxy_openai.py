@@ -12,7 +12,7 @@ DIR``, emptied first).
 What it shows:
 
 1. a lesson memory is stored, then the proxy ``mindloop serve`` runs is
-   started in this process (``agents.server.create_app`` under uvicorn, on a
+   started in this process (``mindloop.agents.server.create_app`` under uvicorn, on a
    free port of 127.0.0.1), with the training-signal agent as the loop's
    signal hook, as ``mindloop serve`` wires it;
 2. the ``openai`` client lists the models, sends a request without
@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     from openai import OpenAI
 
-    from agents.backends import LocalBackend, ScriptedBackend
-    from agents.loop import ChatLoop
-    from agents.server import ServeConfig, create_app
-    from graph import Memory
+    from mindloop.agents.chat.backends import LocalBackend, ScriptedBackend
+    from mindloop.agents.chat.loop import ChatLoop
+    from mindloop.agents.server import ServeConfig, create_app
+    from mindloop.graph import Memory
 
     with data_dir(args.home, fast=args.fast) as home, open_graph(home, fast=args.fast) as graph:
         section("start the proxy (what `mindloop serve` runs) in this process")

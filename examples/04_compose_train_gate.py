@@ -51,7 +51,7 @@ from rich.table import Table
 
 
 def compose_examples(graph, agent, pattern, backend) -> None:
-    from agents.compose import compose
+    from mindloop.agents.signal.compose import compose
 
     t = time.perf_counter()
     made = compose(graph, pattern, embedder=graph.embedder, backend=backend, detector=agent.detector)
@@ -68,9 +68,9 @@ def compose_examples(graph, agent, pattern, backend) -> None:
 
 
 def train_pattern(graph, pattern, args, source: str):
-    from trainer.data import rows_from_examples
-    from trainer.evaluate import builtin_probes, probes_from_examples
-    from trainer.run import TrainConfig, record_run, train
+    from mindloop.trainer.data import rows_from_examples
+    from mindloop.trainer.evaluate import builtin_probes, probes_from_examples
+    from mindloop.trainer.run import TrainConfig, record_run, train
 
     examples = [e for e in graph.nodes(kind="example") if e.pattern == pattern.id]
     train_split = [e for e in examples if e.split == "train"]
@@ -92,8 +92,8 @@ def train_pattern(graph, pattern, args, source: str):
 
 
 def gate_and_promote(graph, checkpoint: str) -> None:
-    from agents.observe import ObserveConfig, gate_checkpoint, promote
-    from trainer.checkpoints import Checkpoints
+    from mindloop.agents.cycle.observe import ObserveConfig, gate_checkpoint, promote
+    from mindloop.trainer.checkpoints import Checkpoints
 
     store = Checkpoints(graph.config.home / "checkpoints")
     verdict = gate_checkpoint(graph, store, checkpoint, ObserveConfig())
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train_pattern(graph, pattern, args, source)
 
         section("evaluate: the parent (base model) and the candidate on the same probes")
-        from trainer.evaluate import format_comparison
+        from mindloop.trainer.evaluate import format_comparison
 
         console.print(format_comparison(result.before, result.after), markup=False)
 

@@ -51,7 +51,7 @@ from _common import (
 
 
 def show_readiness(graph, cfg) -> None:
-    from agents.scheduler import readiness
+    from mindloop.agents.cycle.scheduler import readiness
 
     for r in readiness(graph, cfg):
         console.print(f"  {'RIPE' if r['ripe'] else 'wait'} {r['pattern']} {r['name'][:40]!r}: {r['confirmed']} "
@@ -64,8 +64,8 @@ def scheduler_config(home, model: str, args):
     read the same settings, and loaded from there as the CLI loads it."""
     import json
 
-    from agents.scheduler import SchedulerConfig
-    from graph import load_config
+    from mindloop.agents.cycle.scheduler import SchedulerConfig
+    from mindloop.graph import load_config
 
     path = home / "config.toml"
     with open(path, "a", encoding="utf-8") as fh:
@@ -88,7 +88,7 @@ def tick(scheduler, n: int) -> dict:
 def status(home) -> str:
     """``mindloop status`` over ``home``, in its own process, as an operator would run it."""
     env = {**os.environ, "MINDLOOP_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "agents.cli", "status"], check=False, capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-m", "mindloop.agents.cli", "status"], check=False, capture_output=True, text=True, env=env,
                          timeout=300)
     if out.returncode != 0:
         raise RuntimeError(f"mindloop status failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -98,8 +98,8 @@ def status(home) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__, training=True)
     args = parser.parse_args(argv)
-    from agents.observe import ObserveConfig
-    from agents.scheduler import Scheduler
+    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle.scheduler import Scheduler
 
     started = time.perf_counter()
     with data_dir(args.home, fast=args.fast) as home:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 section("tick 1: ripe -> compose -> train -> gate -> promote -> watch")
                 state = tick(scheduler, 1)
                 run = graph.get(state["last"]["run"] if state.get("last") else state["run_id"])
-                from trainer.evaluate import format_comparison
+                from mindloop.trainer.evaluate import format_comparison
 
                 console.print(f"run {run.id} ({run.objective}, {run.method}): {run.status}")
                 console.print(format_comparison(run.metrics.get("before"), run.metrics.get("after")), markup=False)

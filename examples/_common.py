@@ -84,8 +84,8 @@ def data_dir(home: str | None, *, fast: bool) -> Iterator[Path]:
 
 
 def open_graph(home: Path, *, fast: bool):
-    from graph import GraphConfig
-    from trainer.export import open_graph as open_with_exporter
+    from mindloop.graph import GraphConfig
+    from mindloop.trainer.export import open_graph as open_with_exporter
 
     return open_with_exporter(GraphConfig(home=home, embedder="hashing" if fast else "minilm"))
 
@@ -106,14 +106,14 @@ def model_source(name: str, home: Path) -> str:
 def signal_agent(graph, *, fast: bool, backend=None, auto_confirm_above: float | None = None):
     """The training-signal agent: its detector reads follow-ups with the bundled SmolLM2 unless ``fast``.
 
-    ``backend`` (a loaded bundled :class:`agents.backends.LocalBackend`) lends the reader its weights.
+    ``backend`` (a loaded bundled :class:`mindloop.agents.chat.backends.LocalBackend`) lends the reader its weights.
     """
-    from agents.detect import Detector
-    from agents.signal import SignalAgent, SignalConfig
+    from mindloop.agents.signal.detect import Detector
+    from mindloop.agents.signal.agent import SignalAgent, SignalConfig
 
     reader = None
     if not fast:
-        from agents.reader import Reader
+        from mindloop.agents.signal.reader import Reader
 
         reader = Reader(backend=backend) if backend is not None else Reader()
     detector = Detector.load(graph.embedder, reader=reader)
@@ -123,7 +123,7 @@ def signal_agent(graph, *, fast: bool, backend=None, auto_confirm_above: float |
 
 def import_scripted(graph, names: tuple[str, ...] = ("conversations.jsonl", "corrections.jsonl")) -> None:
     """Log the scripted conversations of ``examples/data`` into ``graph``."""
-    from graph.conversations import import_conversations
+    from mindloop.graph.conversations import import_conversations
 
     for name in names:
         report = import_conversations(graph, (DATA / name).read_text(encoding="utf-8").splitlines())
@@ -148,7 +148,7 @@ def detect(agent) -> list:
 
 def show_patterns(graph, agent) -> list:
     """``mindloop patterns``: regroup the flags into patterns and print each; the patterns, largest first."""
-    from agents.patterns import describe, update_patterns
+    from mindloop.agents.signal.patterns import describe, update_patterns
 
     patterns = update_patterns(graph, agent.detector.embedder, config=agent.config)
     for p in patterns:
@@ -169,7 +169,7 @@ def prepare_pattern(graph, *, fast: bool, generate: bool = False):
     """
     backend = None
     if generate or not fast:
-        from agents.backends import LocalBackend
+        from mindloop.agents.chat.backends import LocalBackend
 
         backend = LocalBackend("bundled")  # the reader's weights, and the writer of the general replay
     agent = signal_agent(graph, fast=fast, backend=backend, auto_confirm_above=0.9)

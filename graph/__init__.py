@@ -7,16 +7,16 @@ graph signals. This package imports nothing else of mindloop and never torch
 (the MiniLM embedder loads it lazily, on first use).
 
     >>> import tempfile
-    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
     >>> with MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder()) as g:
     ...     _ = g.log_turn("s1", "user", "use tabs, not spaces")
     ...     [h.node.text for h in g.search("tabs")]
     ['use tabs, not spaces']
 """
 
-from graph.config import ConfigError, GraphConfig, default_home, load_config
-from graph.embed import Embedder, HashingEmbedder, MiniLMEmbedder, make_embedder
-from graph.errors import (
+from mindloop.graph.config import ConfigError, GraphConfig, default_home, load_config
+from mindloop.graph.embed import Embedder, HashingEmbedder, MiniLMEmbedder, make_embedder
+from mindloop.graph.errors import (
     DiskFull,
     GraphError,
     IndexUnavailable,
@@ -28,9 +28,9 @@ from graph.errors import (
     TextTooLarge,
     UnknownKind,
 )
-from graph.index import ChromaIndex, VectorIndex
-from graph.memory_graph import MemoryGraph, session_id, turn_id
-from graph.records import (
+from mindloop.graph.index import ChromaIndex, VectorIndex
+from mindloop.graph.memory_graph import MemoryGraph, session_id, turn_id
+from mindloop.graph.records import (
     Alert,
     Checkpoint,
     Edge,
@@ -48,9 +48,9 @@ from graph.records import (
     Turn,
     record_from_json,
 )
-from graph.search import Hit
-from graph.store import Store
-from graph.view import GraphView
+from mindloop.graph.search import Hit
+from mindloop.graph.store import Store
+from mindloop.graph.view import GraphView
 
 __all__ = [
     "Alert",

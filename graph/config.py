@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from graph.errors import GraphError
+from mindloop.graph.errors import GraphError
 
 __all__ = ["ConfigError", "GraphConfig", "cache_root", "default_home", "load_config"]
 
@@ -134,7 +134,7 @@ class GraphConfig:
             raise ConfigError(f"graph.durability must be 'full' or 'normal', got {self.durability!r}")
         if self.embedder not in ("minilm", "hashing"):
             raise ConfigError(f"graph.embedder must be 'minilm' or 'hashing', got {self.embedder!r}")
-        from graph.embed import EMBED_DTYPES, QUERY_RUNTIMES
+        from mindloop.graph.embed import EMBED_DTYPES, QUERY_RUNTIMES
 
         if self.embed_dtype not in EMBED_DTYPES:
             raise ConfigError(f"graph.embed_dtype must be 'auto', 'model' or 'bfloat16', got {self.embed_dtype!r}")
@@ -150,7 +150,7 @@ class GraphConfig:
                 self.search_lexical_budget < 0:
             raise ConfigError("graph.search_hops, search_expand_from, search_lexical_budget and embed_poll_s must not "
                               "be negative")
-        from graph.records import EdgeKind
+        from mindloop.graph.records import EdgeKind
 
         allowed = {k.value for k in EdgeKind}
         bad = [k for k in self.search_edge_kinds if k not in allowed]

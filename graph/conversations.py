@@ -18,11 +18,11 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from graph.errors import GraphError, InvalidRecord
-from graph.records import ROLES, check_text
+from mindloop.graph.errors import GraphError, InvalidRecord
+from mindloop.graph.records import ROLES, check_text
 
 if TYPE_CHECKING:
-    from graph.memory_graph import MemoryGraph
+    from mindloop.graph.memory_graph import MemoryGraph
 
 __all__ = ["Conversation", "ImportReport", "import_conversations", "parse_conversation"]
 
@@ -114,7 +114,7 @@ def import_conversations(graph: "MemoryGraph", lines: Iterable[str], *, scope: s
         shown = report.errors[:20]
         more = f"\n... and {len(report.errors) - 20} more" if len(report.errors) > 20 else ""
         raise InvalidRecord(f"{len(report.errors)} bad line(s); nothing was imported:\n" + "\n".join(shown) + more)
-    from graph.memory_graph import turn_id
+    from mindloop.graph.memory_graph import turn_id
 
     with graph.store.write():
         for conv in convs:

@@ -16,7 +16,7 @@ Cosine similarity (a dot product here) is higher for closer texts.
   (``query_runtime``, :data:`OnnxExporter`): on a short text, torch's
   module-by-module dispatch from Python is a large share of the time. The
   graph never imports torch, so the export is handed in from above
-  (``trainer.export``); without it a cached export is still used.
+  (``mindloop.trainer.export``); without it a cached export is still used.
 - :class:`HashingEmbedder`: character n-grams hashed into a fixed width.
   Deterministic and fast, and it still ranks strings that share words and
   spellings together, so tests that check ranking mean something.
@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from graph.errors import GraphError
+from mindloop.graph.errors import GraphError
 
 __all__ = ["EMBED_DTYPES", "HEAVY_IMPORTS", "QUERY_RUNTIMES", "Embedder", "HashingEmbedder", "MiniLMEmbedder",
            "OnnxExporter", "cpu_has_native_bf16", "make_embedder", "minilm_path", "onnx_cache_file", "onnx_session"]
@@ -130,7 +130,7 @@ OnnxExporter = Callable[[str], bytes]
 """Makes the query model: the sentence-transformers model in a folder as one serialised float32 ONNX graph whose
 inputs are its tokenizer's outputs (``input_ids``, ``attention_mask``, ...; any batch size and length) and whose
 output is the sentence embedding, as ``SentenceTransformer.forward`` computes it. That takes torch's exporter, so
-the graph is given one (:func:`trainer.export.onnx_export`) and never imports torch itself."""
+the graph is given one (:func:`mindloop.trainer.export.onnx_export`) and never imports torch itself."""
 
 
 class MiniLMEmbedder(Embedder):
@@ -269,7 +269,7 @@ class MiniLMEmbedder(Embedder):
             if wanted == "onnx":
                 raise GraphError(f"graph.embed_query_runtime = 'onnx', but no ONNX export of {self.name} is cached "
                                  f"({where}) and this embedder was given no exporter: open the graph through "
-                                 f"trainer.export.open_graph (the mindloop command does), or set it to 'torch'")
+                                 f"mindloop.trainer.export.open_graph (the mindloop command does), or set it to 'torch'")
             log.info("search queries are embedded by torch: no ONNX export of %s is cached (%s) and no exporter "
                      "was given", self.name, where)
         return session
@@ -301,7 +301,7 @@ def onnx_cache_file(path: str, name: str) -> Path:
     is exported anew."""
     from importlib import metadata
 
-    from graph.config import cache_root
+    from mindloop.graph.config import cache_root
 
     try:
         exporter = metadata.version("torch")

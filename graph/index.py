@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from graph.errors import IndexUnavailable
+from mindloop.graph.errors import IndexUnavailable
 
 __all__ = ["ChromaIndex", "VectorIndex", "collection_name", "damaged_segments"]
 

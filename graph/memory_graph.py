@@ -5,7 +5,7 @@ index (Chroma; derived, reconciled on open), the background embedding worker
 and the networkx view. Collaborators are injected, so tests pass fakes::
 
     >>> import tempfile
-    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
     >>> g = MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder())
     >>> t = g.log_turn("s1", "user", "please rename foo to bar", scope="alice")
     >>> g.flush()
@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from graph.config import GraphConfig
-from graph.embed import Embedder, make_embedder
-from graph.errors import (
+from mindloop.graph.config import GraphConfig
+from mindloop.graph.embed import Embedder, make_embedder
+from mindloop.graph.errors import (
     GraphError,
     IndexUnavailable,
     InvalidRecord,
@@ -39,8 +39,8 @@ from graph.errors import (
     StoreCorrupt,
     UnknownKind,
 )
-from graph.index import ChromaIndex, VectorIndex
-from graph.records import (
+from mindloop.graph.index import ChromaIndex, VectorIndex
+from mindloop.graph.records import (
     NODE_CLASSES,
     ROLES,
     Edge,
@@ -52,10 +52,10 @@ from graph.records import (
     edge_from_json,
     record_from_json,
 )
-from graph.search import Hit, hybrid_search
-from graph.store import Store, damaged_message
-from graph.view import GraphView
-from graph.worker import EmbedWorker
+from mindloop.graph.search import Hit, hybrid_search
+from mindloop.graph.store import Store, damaged_message
+from mindloop.graph.view import GraphView
+from mindloop.graph.worker import EmbedWorker
 
 __all__ = ["MemoryGraph", "session_id", "turn_id"]
 
@@ -401,7 +401,7 @@ class MemoryGraph:
 
     def search(self, text: str, k: int | None = None, *, kinds: Sequence[str] | None = None,
                scope: str | None = None, since: float | None = None, hops: int | None = None) -> list[Hit]:
-        """Hybrid search within one scope; see :mod:`graph.search`."""
+        """Hybrid search within one scope; see :mod:`mindloop.graph.search`."""
         text = self._text(text, what="query")
         k = self.config.search_k if k is None else k
         if k < 1:

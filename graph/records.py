@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from graph.errors import InvalidRecord, InvalidText, UnknownKind
+from mindloop.graph.errors import InvalidRecord, InvalidText, UnknownKind
 
 __all__ = [
     "ROLES",
@@ -96,7 +96,7 @@ def check_text(text: Any, *, max_bytes: int | None = None, what: str = "text") -
     Rejected: non-strings, empty or whitespace-only strings, lone surrogates
     (which cannot be encoded as UTF-8), and strings over ``max_bytes`` of UTF-8.
     """
-    from graph.errors import TextTooLarge
+    from mindloop.graph.errors import TextTooLarge
 
     if not isinstance(text, str):
         raise InvalidText(f"{what} must be a string, got {type(text).__name__}")

@@ -11,7 +11,7 @@ exact match outrank it). Every :class:`Hit` says which signals returned it and, 
 signal, along which path. Nothing ever crosses the search's scope.
 
 The lexical query runs on a second thread while the query is embedded
-(:meth:`graph.embed.Embedder.embed_query`, which leaves it a core), so the
+(:meth:`mindloop.graph.embed.Embedder.embed_query`, which leaves it a core), so the
 vector and lexical signals cost about as much as the slower one.
 """
 
@@ -21,10 +21,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from graph.records import Node
+from mindloop.graph.records import Node
 
 if TYPE_CHECKING:
-    from graph.memory_graph import MemoryGraph
+    from mindloop.graph.memory_graph import MemoryGraph
 
 __all__ = ["Hit", "hybrid_search"]
 

@@ -31,7 +31,7 @@ after ``COMMIT``: a failed call leaves nothing behind. A write with
 the disk; a :class:`WalSyncer` thread fsyncs the WAL right away and
 :meth:`Store.sync` waits for it. Each thread gets its own
 connection. A write that fails because the disk is full, the file-size limit
-is reached or the device fails raises :class:`graph.errors.DiskFull` (after
+is reached or the device fails raises :class:`mindloop.graph.errors.DiskFull` (after
 rolling back); once space returns, the next write works.
 
 No commit checkpoints the WAL itself: SQLite's automatic checkpoint copies
@@ -62,8 +62,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from graph.errors import DiskFull, GraphError, NodeNotFound, ScopeMismatch, StoreCorrupt
-from graph.records import Edge, Node, record_from_json
+from mindloop.graph.errors import DiskFull, GraphError, NodeNotFound, ScopeMismatch, StoreCorrupt
+from mindloop.graph.records import Edge, Node, record_from_json
 
 __all__ = ["Store", "WalCheckpointer", "WalSyncer", "damaged_message", "write_failure"]
 

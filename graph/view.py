@@ -18,14 +18,14 @@ from typing import Iterable, Sequence
 
 import networkx as nx
 
-from graph.errors import NodeNotFound
-from graph.store import Store
+from mindloop.graph.errors import NodeNotFound
+from mindloop.graph.store import Store
 
 __all__ = ["GraphView"]
 
 
 class GraphView:
-    """An incrementally maintained networkx view of a :class:`graph.store.Store`."""
+    """An incrementally maintained networkx view of a :class:`mindloop.graph.store.Store`."""
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -34,9 +34,9 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from graph.embed import Embedder
-from graph.index import VectorIndex
-from graph.store import Store
+from mindloop.graph.embed import Embedder
+from mindloop.graph.index import VectorIndex
+from mindloop.graph.store import Store
 
 __all__ = ["EmbedWorker"]
 

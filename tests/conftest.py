@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graph import GraphConfig, HashingEmbedder, MemoryGraph
+from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agents.cli import build_parser, main
+from mindloop.agents.cli import build_parser, main
 
 SUBCOMMANDS = [[], ["log"], ["log", "import"], ["search"], ["graph"], ["graph", "stats"], ["forget"], ["export"],
                ["import"], ["chat"], ["serve"], ["detect"], ["flags"], ["flags", "list"], ["flags", "show"],
@@ -130,7 +130,7 @@ def test_forget_needs_a_target(home):
 
 def test_console_script_entry_point(home):
     """The installed `mindloop` command runs main() (checked through the module, as CI has no PATH guarantees)."""
-    out = subprocess.run([sys.executable, "-m", "agents.cli", "graph", "stats", "--json"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "mindloop.agents.cli", "graph", "stats", "--json"], capture_output=True,
                          text=True, check=True)
     assert json.loads(out.stdout)["nodes"] == {}
 

@@ -80,7 +80,7 @@ def _run(name: str, tmp_path, *args: str, timeout: int = 540) -> str:
 
 
 def _graph(home):
-    from graph import GraphConfig, MemoryGraph
+    from mindloop.graph import GraphConfig, MemoryGraph
 
     return MemoryGraph.open(GraphConfig(home=home, embedder="hashing"))
 

@@ -7,7 +7,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["graph", "trainer", "agents"])
+@pytest.mark.parametrize("name", ["mindloop.graph", "mindloop.trainer", "mindloop.agents", "mindloop.agents.chat",
+                                  "mindloop.agents.signal", "mindloop.agents.cycle", "mindloop.agents.ui"])
 def test_all_is_exact(name):
     module = importlib.import_module(name)
     assert sorted(module.__all__) == module.__all__, "keep __all__ sorted"

@@ -12,7 +12,7 @@ A run saves into ``.tmp-<id>/``, fsyncs every file and the folder, then
 renames it to ``<id>/``: a killed run leaves at most a ``.tmp-`` folder, which
 is never listed, never promoted and removed by :meth:`Checkpoints.clean`.
 ``promoted.json`` is replaced the same way (write, fsync, rename), so the
-chat model (``agents.backends.LocalBackend``) always reads a whole pointer.
+chat model (``mindloop.agents.chat.backends.LocalBackend``) always reads a whole pointer.
 
 ``history.jsonl`` is the write-ahead log of promotions and rollbacks: an
 event is appended and fsynced (the commit point) before ``promoted.json``
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.errors import CheckpointError
+from mindloop.trainer.errors import CheckpointError
 
 __all__ = ["Checkpoints", "PROMOTED"]
 

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trainer.errors import InvalidDataset
+from mindloop.trainer.errors import InvalidDataset
 
 __all__ = ["OBJECTIVES", "check_lengths", "data_hash", "read_dataset", "rows_from_examples", "rows_from_lines"]
 

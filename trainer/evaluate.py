@@ -3,10 +3,10 @@
 A probe is ``{"prompt": [messages], "desired": text, "undesired": text, "kind":
 "target"|"pushback"|"capability"}``. Its margin is the mean per-token
 log-probability of ``desired`` minus that of ``undesired`` given ``prompt``
-(:func:`trainer.scoring.response_logprob`). Per kind, the report gives the
+(:func:`mindloop.trainer.scoring.response_logprob`). Per kind, the report gives the
 mean margin and the share of probes with a positive margin (the win rate).
 
-Built-in probe sets ship in ``trainer/data/probes/`` (target: do what was
+Built-in probe sets ship in ``trainer/probes/`` (target: do what was
 clearly asked instead of offering alternatives; pushback: refuse a wrong or
 unsafe direction; capability: arithmetic, short code, facts). Users add
 their own files. Also measured:
@@ -32,8 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trainer.errors import InvalidDataset
-from trainer.scoring import response_logprobs
+from mindloop.trainer.errors import InvalidDataset
+from mindloop.trainer.scoring import response_logprobs
 
 __all__ = ["KINDS", "Probe", "builtin_probes", "default_text", "evaluate", "format_comparison", "perplexity",
            "probes_digest",
@@ -94,8 +94,8 @@ def read_probes(path: str | Path, lines: Iterable[str] | None = None) -> list[Pr
 
 
 def builtin_probes(kinds: Sequence[str] = KINDS) -> list[Probe]:
-    """The probe sets shipped in ``trainer/data/probes/``."""
-    folder = Path(str(resources.files("trainer") / "data" / "probes"))
+    """The probe sets shipped in ``trainer/probes/``."""
+    folder = Path(str(resources.files("mindloop.trainer") / "probes"))
     out: list[Probe] = []
     for kind in kinds:
         out += read_probes(folder / f"{kind}.jsonl")
@@ -147,9 +147,9 @@ def _hiddens(model, tokenizer, items: Sequence[tuple[Sequence[dict[str, str]], s
     token's hidden state at ``layer`` (two [n, hidden] tensors), in left-padded batches."""
     import torch
 
-    from trainer.scoring import _split_ids, left_padded
+    from mindloop.trainer.scoring import split_ids, left_padded
 
-    split = [_split_ids(tokenizer, m, r) for m, r in items]
+    split = [split_ids(tokenizer, m, r) for m, r in items]
     device = next(model.parameters()).device
     means: list = [None] * len(items)
     lasts: list = [None] * len(items)

@@ -8,7 +8,7 @@ graph for a user (the CLI, the examples) opens it through here; the benchmarks h
 embedder they build.
 
     >>> import tempfile
-    >>> from graph import GraphConfig
+    >>> from mindloop.graph import GraphConfig
     >>> with open_graph(GraphConfig(home=tempfile.mkdtemp(), embedder="hashing")) as g:
     ...     g.embedder.name
     'hashing-384'
@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import warnings
 
-from graph import Embedder, GraphConfig, MemoryGraph, make_embedder
-from graph.embed import HEAVY_IMPORTS
+from mindloop.graph import Embedder, GraphConfig, MemoryGraph, make_embedder
+from mindloop.graph.embed import HEAVY_IMPORTS
 
 __all__ = ["graph_embedder", "onnx_export", "open_graph"]
 
@@ -43,7 +43,7 @@ def onnx_export(path: str) -> bytes:
     length; its output is the sentence embedding, pooling and normalisation included, exactly as
     ``SentenceTransformer.forward`` computes it. Exported with torch's own exporter
     (``torch.onnx.export(dynamo=True)``, which needs the ``onnx`` and ``onnxscript`` packages): 12-13 s and a
-    91 MB graph on 2 cores here, which is why :func:`graph.embed.onnx_session` keeps the result.
+    91 MB graph on 2 cores here, which is why :func:`mindloop.graph.embed.onnx_session` keeps the result.
     """
     with HEAVY_IMPORTS:
         import torch

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from trainer.errors import CheckpointError, InvalidDataset, ModelUnavailable
+from mindloop.trainer.errors import CheckpointError, InvalidDataset, ModelUnavailable
 
 __all__ = ["BUNDLED_GGUF", "bundled_cache", "bundled_model", "check_chat_template", "load_model", "model_name"]
 
@@ -52,7 +52,7 @@ def bundled_cache(dtype) -> Path:
     root (default: the per-user cache dir); where it cannot be written, every
     load reads the GGUF file, as before.
     """
-    from graph.config import cache_root
+    from mindloop.graph.config import cache_root
 
     folder, gguf = bundled_model()
     st = (Path(folder) / gguf).stat()
@@ -76,7 +76,7 @@ def _cache_bundled(model, tokenizer, target: Path) -> None:
 
 
 def _pretrained(source: str, dtype, device: str):
-    from graph.embed import HEAVY_IMPORTS
+    from mindloop.graph.embed import HEAVY_IMPORTS
 
     with HEAVY_IMPORTS:  # the graph's worker may be importing transformers for MiniLM right now
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -114,7 +114,7 @@ def load_model(source: str = "bundled", *, checkpoint: str | os.PathLike | None 
                dtype=None):
     """``(model, tokenizer)``: ``source`` (``"bundled"``, an id or a path), optionally with a checkpoint on top.
 
-    ``checkpoint`` is a folder written by :mod:`trainer.checkpoints` (its
+    ``checkpoint`` is a folder written by :mod:`mindloop.trainer.checkpoints` (its
     ``manifest.json`` says ``lora`` or ``full``). float32 on CPU, bfloat16 on
     CUDA unless ``dtype`` says otherwise.
     """

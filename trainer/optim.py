@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import torch
 
-from trainer.errors import InvalidDataset
+from mindloop.trainer.errors import InvalidDataset
 
 __all__ = ["StepInBackward", "check_step_in_backward"]
 

@@ -4,7 +4,7 @@
     mindloop train --pattern P --objective dpo --method full --lr 1e-5
 
 or, from Python, :func:`train` with a :class:`TrainConfig` and rows from
-:mod:`trainer.data`. The same code runs under ``accelerate launch`` (DDP,
+:mod:`mindloop.trainer.data`. The same code runs under ``accelerate launch`` (DDP,
 FSDP, DeepSpeed): it is transformers' ``Trainer`` underneath, through TRL's
 ``SFTTrainer`` (our context-frozen loss replaces its ``compute_loss``),
 ``DPOTrainer`` and ``KTOTrainer``.
@@ -12,7 +12,7 @@ FSDP, DeepSpeed): it is transformers' ``Trainer`` underneath, through TRL's
 Each run writes ``runs/<id>/``: ``config.json``, ``steps.jsonl`` (one line
 per logged step), ``loss.png``, ``metrics.json`` (before and after),
 ``versions.json`` and ``status``; and, when it succeeds, a checkpoint
-(:mod:`trainer.checkpoints`) whose manifest names its parent (the checkpoint
+(:mod:`mindloop.trainer.checkpoints`) whose manifest names its parent (the checkpoint
 promoted when the run started). Every check that can fail (the data, the
 lengths, the chat template, the parent checkpoint) runs before the first
 step; a failed or killed run writes nothing under ``checkpoints/``.
@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainer.checkpoints import Checkpoints
-from trainer.data import OBJECTIVES, check_lengths, data_hash
-from trainer.errors import InvalidDataset, TrainerError
-from trainer.evaluate import Probe, builtin_probes, evaluate, probes_digest, steering_direction
-from trainer.frozen import CONTEXT_DTYPES, frozen_batch_loss, resolve_context_dtype
-from trainer.model import check_chat_template, load_model, model_name
+from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.trainer.data import OBJECTIVES, check_lengths, data_hash
+from mindloop.trainer.errors import InvalidDataset, TrainerError
+from mindloop.trainer.evaluate import Probe, builtin_probes, evaluate, probes_digest, steering_direction
+from mindloop.trainer.frozen import CONTEXT_DTYPES, frozen_batch_loss, resolve_context_dtype
+from mindloop.trainer.model import check_chat_template, load_model, model_name
 
 __all__ = ["TrainConfig", "TrainResult", "train", "record_run", "recover_runs", "result_from_disk"]
 
@@ -88,7 +88,7 @@ class TrainConfig:
             raise InvalidDataset("epochs must be positive; batch size and grad accumulation at least 1; "
                                  "max length at least 2")
         if self.step_in_backward:
-            from trainer.optim import check_step_in_backward
+            from mindloop.trainer.optim import check_step_in_backward
 
             check_step_in_backward(method=self.method, grad_accum=self.grad_accum, optimizer=self.optimizer)
 
@@ -135,7 +135,7 @@ def _sft_trainer_class():
     from trl import SFTTrainer
 
     class ContextFrozenSFTTrainer(SFTTrainer):
-        """TRL's SFTTrainer with the context-frozen response loss (:func:`trainer.frozen.frozen_batch_loss`)."""
+        """TRL's SFTTrainer with the context-frozen response loss (:func:`mindloop.trainer.frozen.frozen_batch_loss`)."""
 
         def __init__(self, *args, context_frozen: bool = True, context_dtype: str = "auto", **kw) -> None:
             super().__init__(*args, **kw)
@@ -222,7 +222,7 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
           probes: Sequence[Probe] | None = None, progress: bool = True, run_id: str | None = None,
           on_checkpoint: Callable[[str, dict], None] | None = None, tags: dict[str, Any] | None = None,
           before: dict[str, Any] | None = None) -> TrainResult:
-    """Run one training run on ``rows`` (see :mod:`trainer.data`) and write a checkpoint under ``home``.
+    """Run one training run on ``rows`` (see :mod:`mindloop.trainer.data`) and write a checkpoint under ``home``.
 
     ``probes`` are evaluated before and after (default: the built-in sets;
     the caller adds the pattern's held-out examples). ``on_checkpoint`` is
@@ -231,7 +231,7 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
     the checkpoint's manifest. ``before``: an evaluation of the parent the
     caller already has (the ``after`` of the run that made it); it is used
     instead of evaluating the parent again when it was made on the same
-    probes (:func:`~trainer.evaluate.probes_digest`) of the same checkpoint,
+    probes (:func:`~mindloop.trainer.evaluate.probes_digest`) of the same checkpoint,
     without its steering readout (this run's direction is its own).
     """
     import torch
@@ -397,7 +397,7 @@ def _optimizers(config: TrainConfig, model, args) -> tuple:
     """The ``optimizers`` argument of a ``Trainer``: (None, None) lets it build its own AdamW."""
     if not config.step_in_backward:
         return (None, None)
-    from trainer.optim import StepInBackward
+    from mindloop.trainer.optim import StepInBackward
 
     return (StepInBackward(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                            eps=args.adam_epsilon, weight_decay=args.weight_decay), None)
@@ -441,7 +441,7 @@ def recover_runs(graph, home: str | os.PathLike, *, scope: str | None = None) ->
     ``trained_on`` edges, from ``examples.json``) when a kill came before
     :func:`record_run`. Runs still running are left alone.
     """
-    from graph import NodeNotFound, Run
+    from mindloop.graph import NodeNotFound, Run
 
     home = Path(home)
     store = Checkpoints(home / "checkpoints")
@@ -490,7 +490,7 @@ def record_run(graph, result: TrainResult, *, scope: str | None = None, example_
     ``Eval`` before and after. Edges: ``trained_on`` (run -> each example),
     ``produced`` (run -> checkpoint), ``evaluated`` (eval -> the checkpoint it measured).
     """
-    from graph import Checkpoint, Eval, NodeNotFound, Run
+    from mindloop.graph import Checkpoint, Eval, NodeNotFound, Run
 
     scope = graph.resolve_scope(scope)
     cfg = result.config

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["response_logprob", "response_token_logprobs", "response_logprobs", "left_padded"]
+__all__ = ["left_padded", "response_logprob", "response_logprobs", "response_token_logprobs", "split_ids"]
 
 
-def _split_ids(tokenizer, messages: Sequence[dict[str, str]], response: str) -> tuple[list[int], int]:
+def split_ids(tokenizer, messages: Sequence[dict[str, str]], response: str) -> tuple[list[int], int]:
     prompt = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
@@ -29,7 +29,7 @@ def response_token_logprobs(model, tokenizer, messages: Sequence[dict[str, str]]
     """Per-token log-probabilities (a 1-D float tensor) of ``response`` after ``messages``."""
     import torch
 
-    ids, start = _split_ids(tokenizer, messages, response)
+    ids, start = split_ids(tokenizer, messages, response)
     if start >= len(ids):
         raise ValueError("the response is empty once tokenized")
     if start == 0:
@@ -72,7 +72,7 @@ def response_logprobs(model, tokenizer, items: Sequence[tuple[Sequence[dict[str,
     """
     import torch
 
-    split = [_split_ids(tokenizer, m, r) for m, r in items]
+    split = [split_ids(tokenizer, m, r) for m, r in items]
     for ids, start in split:
         if start >= len(ids):
             raise ValueError("the response is empty once tokenized")

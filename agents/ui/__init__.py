@@ -7,14 +7,14 @@ charts (Chart.js) and the graph drawing (Cytoscape.js) are vendored under
 ``static/vendor/``, so the UI works offline. How it is put together, what
 each page shows and its security: ``docs/ui.md``.
 
-Modules: :mod:`~agents.ui.config` (settings), :mod:`~agents.ui.inspector`
-(what each page shows, as dicts), :mod:`~agents.ui.pages` (HTML),
-:mod:`~agents.ui.api` (``/api/...`` JSON), :mod:`~agents.ui.security` (token,
-CSRF, headers) and :mod:`~agents.ui.app` (the app factory).
+Modules: :mod:`~mindloop.agents.ui.config` (settings), :mod:`~mindloop.agents.ui.inspector`
+(what each page shows, as dicts), :mod:`~mindloop.agents.ui.pages` (HTML),
+:mod:`~mindloop.agents.ui.api` (``/api/...`` JSON), :mod:`~mindloop.agents.ui.security` (token,
+CSRF, headers) and :mod:`~mindloop.agents.ui.app` (the app factory).
 """
 
-from agents.ui.app import create_app
-from agents.ui.config import UIConfig
-from agents.ui.inspector import Inspector
+from mindloop.agents.ui.app import create_app
+from mindloop.agents.ui.config import UIConfig
+from mindloop.agents.ui.inspector import Inspector
 
 __all__ = ["Inspector", "UIConfig", "create_app"]

@@ -22,8 +22,8 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from agents.ui.inspector import Inspector
-from agents.ui.security import Guard
+from mindloop.agents.ui.inspector import Inspector
+from mindloop.agents.ui.security import Guard
 
 __all__ = ["build_api"]
 
@@ -122,7 +122,7 @@ class Readiness(BaseModel):
     open_alerts: int
     plan: dict[str, Any] | None = Field(description="the next run's plan (examples, lr, general share), scheduler")
     source: Literal["scheduler", "ui"] = Field(
-        description="'scheduler' = agents.scheduler.readiness; 'ui' = confirmed flags, cooldown, alerts only")
+        description="'scheduler' = mindloop.agents.cycle.scheduler.readiness; 'ui' = confirmed flags, cooldown, alerts only")
 
 
 class TimelineBin(BaseModel):
@@ -354,7 +354,7 @@ class ObserverReport(_Open):
     alerts: list[AlertRow]
     rollbacks: list[RollbackRow]
     source: Literal["observer", "fallback"] = Field(
-        description="'observer' = agents.observe.report; 'fallback' = checkpoints and alerts only")
+        description="'observer' = mindloop.agents.cycle.observe.report; 'fallback' = checkpoints and alerts only")
 
 
 class Csrf(BaseModel):

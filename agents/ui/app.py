@@ -7,7 +7,7 @@ or, from Python, with any graph (tests pass one on the hashing embedder)::
 
     >>> import tempfile
     >>> from fastapi.testclient import TestClient
-    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
     >>> g = MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder())
     >>> client = TestClient(create_app(g), base_url="http://127.0.0.1:8765")
     >>> client.get("/api/flags").json()["total"]
@@ -30,15 +30,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agents.signal import SignalAgent
-from agents.ui.api import build_api
-from agents.ui.config import UIConfig
-from agents.ui.inspector import Inspector
-from agents.ui.pages import build_pages, templates
-from agents.ui.security import Guard
-from graph import GraphError, MemoryGraph, NodeNotFound
-from trainer.checkpoints import Checkpoints
-from trainer.errors import TrainerError
+from mindloop.agents.signal.agent import SignalAgent
+from mindloop.agents.ui.api import build_api
+from mindloop.agents.ui.config import UIConfig
+from mindloop.agents.ui.inspector import Inspector
+from mindloop.agents.ui.pages import build_pages, templates
+from mindloop.agents.ui.security import Guard
+from mindloop.graph import GraphError, MemoryGraph, NodeNotFound
+from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.trainer.errors import TrainerError
 
 __all__ = ["create_app"]
 
@@ -55,9 +55,9 @@ def create_app(graph: MemoryGraph, config: UIConfig | None = None, *, agent: Sig
 
     ``agent`` reviews flags (default: a :class:`SignalAgent` without a
     detector, which review never uses); ``observer`` is surface-observe's
-    ``report(graph, checkpoints, scope=)`` (default: ``agents.observe.report`` when
+    ``report(graph, checkpoints, scope=)`` (default: ``mindloop.agents.cycle.observe.report`` when
     installed); ``readiness`` says which patterns are ready to train (default:
-    the scheduler's). See :class:`agents.ui.inspector.Inspector`. The app never
+    the scheduler's). See :class:`mindloop.agents.ui.inspector.Inspector`. The app never
     closes ``graph``: its owner does.
     """
     config = config or UIConfig()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from graph import ConfigError
+from mindloop.graph import ConfigError
 
 __all__ = ["UIConfig", "is_loopback"]
 

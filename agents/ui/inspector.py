@@ -1,14 +1,14 @@
 """What the inspection UI shows, as plain JSON-ready dicts: one method per page.
 
-The HTML pages (:mod:`agents.ui.pages`) and the JSON API (:mod:`agents.ui.api`)
+The HTML pages (:mod:`mindloop.agents.ui.pages`) and the JSON API (:mod:`mindloop.agents.ui.api`)
 render the same dicts, so ``/api/...`` always says what a page shows. Reads go
-to the memory graph, to :class:`trainer.checkpoints.Checkpoints` and to the
-files a run writes under ``runs/<id>/`` (:mod:`trainer.run`); the one write,
-flag review, goes through :class:`agents.signal.SignalAgent`, exactly as
+to the memory graph, to :class:`mindloop.trainer.checkpoints.Checkpoints` and to the
+files a run writes under ``runs/<id>/`` (:mod:`mindloop.trainer.run`); the one write,
+flag review, goes through :class:`mindloop.agents.signal.agent.SignalAgent`, exactly as
 ``mindloop flags confirm|reject|edit`` does.
 
     >>> import tempfile
-    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
     >>> g = MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder())
     >>> ins = Inspector(g)
     >>> ins.flags()["total"], ins.runs()["runs"]
@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
-from agents.patterns import describe, resolve_pattern
-from agents.signal import SignalAgent, SignalConfig
-from agents.ui.config import UIConfig
-from graph import Checkpoint, Example, Flag, MemoryGraph, Node, NodeNotFound, Pattern, Run, Turn
-from trainer.checkpoints import Checkpoints
-from trainer.errors import CheckpointError
+from mindloop.agents.signal.patterns import describe, resolve_pattern
+from mindloop.agents.signal.agent import SignalAgent, SignalConfig
+from mindloop.agents.ui.config import UIConfig
+from mindloop.graph import Checkpoint, Example, Flag, MemoryGraph, Node, NodeNotFound, Pattern, Run, Turn
+from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.trainer.errors import CheckpointError
 
 __all__ = ["Inspector", "evaluation_rows", "fallback_report", "graph_href", "href", "label"]
 
@@ -117,7 +117,7 @@ def fallback_report(graph: MemoryGraph, checkpoints: Checkpoints, *, scope: str 
 def _default_observer() -> Callable[..., dict[str, Any]] | None:
     """surface-observe's ``report(graph, checkpoints)`` when it is installed, else None."""
     try:
-        from agents.observe import report  # type: ignore[attr-defined]
+        from mindloop.agents.cycle.observe import report  # type: ignore[attr-defined]
     except ImportError:
         return None
     return report
@@ -143,7 +143,7 @@ class Inspector:
     ``report(graph, checkpoints, scope=) -> dict`` function; surface-observe's by
     default, the fallback report while it is absent) and ``readiness`` (a
     ``(graph, scope) -> ({pattern id: row}, min_flags)`` function; the
-    scheduler's :func:`agents.scheduler.readiness` by default, the UI's own
+    scheduler's :func:`mindloop.agents.cycle.scheduler.readiness` by default, the UI's own
     count of confirmed flags while it is absent).
     """
 
@@ -282,10 +282,10 @@ class Inspector:
         if self._readiness_source is not None:
             return self._readiness_source(self.graph, self.scope)
         try:
-            from agents.scheduler import SchedulerConfig, readiness
+            from mindloop.agents.cycle.scheduler import SchedulerConfig, readiness
         except ImportError:
             return None
-        from graph import load_config
+        from mindloop.graph import load_config
 
         file = self.graph.config.home / "config.toml"
         config = load_config(SchedulerConfig, "scheduler", file=file if file.exists() else None)

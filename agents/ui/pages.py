@@ -1,4 +1,4 @@
-"""The UI's HTML pages: server-rendered Jinja2 templates over :class:`agents.ui.inspector.Inspector`.
+"""The UI's HTML pages: server-rendered Jinja2 templates over :class:`mindloop.agents.ui.inspector.Inspector`.
 
     /flags            the review queue (filters: pattern, status, confidence), with confirm / reject per row
     /flags/{id}       one flag: conversation window, flagged reply, correction, evidence, similar flags; review
@@ -25,8 +25,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from agents.ui.inspector import Inspector
-from agents.ui.security import Guard
+from mindloop.agents.ui.inspector import Inspector
+from mindloop.agents.ui.security import Guard
 
 __all__ = ["build_pages", "rate_chart", "templates"]
 

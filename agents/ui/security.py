@@ -1,7 +1,7 @@
 """Who may use the inspection UI, and what a page from another site cannot make it do.
 
 - **Binding.** Loopback by default; any other address needs a token and the
-  UI refuses to start without one (:meth:`agents.ui.config.UIConfig.check_bind`).
+  UI refuses to start without one (:meth:`mindloop.agents.ui.config.UIConfig.check_bind`).
 - **Access with a token.** ``Authorization: Bearer T``, or the cookie a
   browser gets by opening ``/?token=T`` once (the URL ``mindloop ui`` prints)
   or by posting the token to ``/login``. The cookie is HttpOnly and
@@ -36,7 +36,7 @@ from urllib.parse import urlencode, urlsplit
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from agents.ui.config import UIConfig, is_loopback
+from mindloop.agents.ui.config import UIConfig, is_loopback
 
 __all__ = ["COOKIE", "CSP", "Guard"]
 

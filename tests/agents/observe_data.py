@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from graph import Flag, MemoryGraph, Pattern
+from mindloop.graph import Flag, MemoryGraph, Pattern
 
 
 def add_pattern(graph: MemoryGraph, name: str = "suggests alternatives instead of doing it") -> Pattern:

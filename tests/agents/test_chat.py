@@ -6,11 +6,11 @@ import io
 
 import pytest
 
-from agents.backends import BackendError, ScriptedBackend
-from agents.chat import run_chat
-from agents.cli import main
-from agents.loop import ChatLoop
-from graph import Memory
+from mindloop.agents.chat.backends import BackendError, ScriptedBackend
+from mindloop.agents.terminal import run_chat
+from mindloop.agents.cli import main
+from mindloop.agents.chat.loop import ChatLoop
+from mindloop.graph import Memory
 
 
 def scripted_input(lines):
@@ -81,7 +81,7 @@ def test_serve_refuses_a_public_bind_without_token(home, capsys, monkeypatch):
 
 def test_chat_command_reads_stdin(home, monkeypatch, capsys):
     """`mindloop chat` end to end through the CLI, with a scripted model behind make_backend."""
-    import agents.backends as backends
+    import mindloop.agents.chat.backends as backends
 
     monkeypatch.setattr(backends, "make_backend", lambda cfg, checkpoints=None: ScriptedBackend(["hi there"]))
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/quit\n"))

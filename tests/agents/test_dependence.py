@@ -6,16 +6,16 @@ import math
 
 import pytest
 
-from agents.backends import LocalBackend, ScriptedBackend
-from agents.dependence import candidates, score_turns
-from graph import Memory
+from mindloop.agents.chat.backends import LocalBackend, ScriptedBackend
+from mindloop.agents.signal.dependence import candidates, score_turns
+from mindloop.graph import Memory
 
 
 def test_response_logprob_is_the_mean_of_the_response_tokens(tiny_lm):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.scoring import response_logprob
+    from mindloop.trainer.scoring import response_logprob
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     tok = AutoTokenizer.from_pretrained(tiny_lm)

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from agents.backends import BackendError, ScriptedBackend
-from agents.detect import (ANCHORS, Detector, Pair, Weights, evaluate, read_pairs, seed_pairs, seed_path,
+from mindloop.agents.chat.backends import BackendError, ScriptedBackend
+from mindloop.agents.signal.detect import (ANCHORS, Detector, Pair, Weights, evaluate, read_pairs, seed_pairs, seed_path,
                            shipped_weights_path, train)
-from agents.judge import LLMJudge
-from agents.rules import RULES_SHA256, apply_rules
-from graph import HashingEmbedder, InvalidRecord
+from mindloop.agents.signal.judge import LLMJudge
+from mindloop.agents.signal.rules import RULES_SHA256, apply_rules
+from mindloop.graph import HashingEmbedder, InvalidRecord
 
 
 def _line(label=True, **kw):
@@ -127,7 +127,7 @@ def test_shipped_weights_were_built_from_the_shipped_seed_set(reader):
 
 
 def test_a_reader_adds_its_features_and_must_match_the_weights(tiny_lm):
-    from agents.reader import Reader
+    from mindloop.agents.signal.reader import Reader
 
     reader = Reader(str(tiny_lm), layer=1)
     pairs = seed_pairs("train")[:40]
@@ -165,12 +165,12 @@ def test_detect_eval_reproduces_the_heldout_figures_in_the_docs(capsys, monkeypa
     import re
     from pathlib import Path
 
-    from agents.cli import main
+    from mindloop.agents.cli import main
 
     monkeypatch.setenv("MINDLOOP_GRAPH_EMBEDDER", "minilm")
     monkeypatch.setenv("MINDLOOP_SIGNAL_READER", "bundled")
     docs = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
-    recorded = json.loads(re.search(r"detect --eval agents/data/seed.jsonl --split heldout --json\n(\{.*\})",
+    recorded = json.loads(re.search(r"detect --eval agents/signal/data/seed.jsonl --split heldout --json\n(\{.*\})",
                                     docs).group(1))
     assert main(["detect", "--eval", str(seed_path()), "--split", "heldout", "--json"]) == 0
     measured = json.loads(capsys.readouterr().out)

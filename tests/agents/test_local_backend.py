@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from agents.backends import LocalBackend
+from mindloop.agents.chat.backends import LocalBackend
 
 MESSAGES = [{"role": "user", "content": "rename the function please"}]
 
@@ -76,7 +76,7 @@ def test_a_bad_promoted_checkpoint_falls_back_to_the_base(tiny_lm, tmp_path, cap
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from agents.backends import BackendError
+    from mindloop.agents.chat.backends import BackendError
 
     with pytest.raises(BackendError, match="cannot load model"):
         LocalBackend(str(tmp_path / "nope")).complete(MESSAGES)

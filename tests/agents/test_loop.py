@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from agents.backends import BackendError, ScriptedBackend
-from agents.loop import ChatLoop, TurnResult
-from agents.surface import HEADER, SurfaceConfig, Surfacer, with_memories
-from graph import InvalidText, Memory
+from mindloop.agents.chat.backends import BackendError, ScriptedBackend
+from mindloop.agents.chat.loop import ChatLoop, TurnResult
+from mindloop.agents.chat.surface import HEADER, SurfaceConfig, Surfacer, with_memories
+from mindloop.graph import InvalidText, Memory
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_surfacing_respects_the_token_budget(graph):
 
 
 def test_with_memories_merges_into_an_existing_system_message():
-    from agents.surface import Surfaced
+    from mindloop.agents.chat.surface import Surfaced
 
     s = [Surfaced("m1", "note", "uses tabs", 0.1, 0.8)]
     out = with_memories([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], s)

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from agents import observe as ob
-from agents.cli import main
-from graph import Alert, Checkpoint, Eval
-from trainer.checkpoints import Checkpoints
+from mindloop.agents.cycle import observe as ob
+from mindloop.agents.cli import main
+from mindloop.graph import Alert, Checkpoint, Eval
+from mindloop.trainer.checkpoints import Checkpoints
 
 from .observe_data import add_pattern, fake_checkpoint, log_exchange, metrics
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.backends import ScriptedBackend
-from agents.loop import ChatLoop, open_checkpointer
+from mindloop.agents.chat.backends import ScriptedBackend
+from mindloop.agents.chat.loop import ChatLoop, open_checkpointer
 
 from .conftest import free_port
 

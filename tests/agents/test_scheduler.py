@@ -13,12 +13,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from agents.cli import main  # noqa: E402
-from agents.observe import ObserveConfig, plan_for  # noqa: E402
-from agents.scheduler import Scheduler, SchedulerConfig, readiness  # noqa: E402
-from graph import GraphConfig, HashingEmbedder, MemoryGraph  # noqa: E402
-from trainer.checkpoints import Checkpoints  # noqa: E402
-from trainer.evaluate import Probe  # noqa: E402
+from mindloop.agents.cli import main  # noqa: E402
+from mindloop.agents.cycle.observe import ObserveConfig, plan_for  # noqa: E402
+from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig, readiness  # noqa: E402
+from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph  # noqa: E402
+from mindloop.trainer.checkpoints import Checkpoints  # noqa: E402
+from mindloop.trainer.evaluate import Probe  # noqa: E402
 
 from .observe_data import add_pattern, log_exchange  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_a_failed_run_returns_to_waiting_with_the_failure_recorded(graph, tiny_l
 
 
 def test_an_unreachable_backend_backs_off_and_says_why(graph, tiny_lm):
-    from agents.backends import BackendError
+    from mindloop.agents.chat.backends import BackendError
 
     _fill(graph)
 
@@ -155,7 +155,7 @@ def _daemon(home: Path, tiny_lm, probes: Path, kill_at: str | None = None) -> su
     env.pop("MINDLOOP_KILL_AT", None)
     if kill_at:
         env["MINDLOOP_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "agents.cli", "daemon", "--once", "--json", "--model", str(tiny_lm),
+    return subprocess.run([sys.executable, "-m", "mindloop.agents.cli", "daemon", "--once", "--json", "--model", str(tiny_lm),
                            "--min-flags", "3", "--idle", "0", "--cooldown", "0", "--max-steps", "2", "--no-generate"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
@@ -219,7 +219,7 @@ def test_sigkill_while_training_records_a_failed_run_and_never_runs_it_twice(tmp
            "MINDLOOP_SIGNAL_READER": "off", "MINDLOOP_SCHEDULER_PROBES": str(probes)}
     env.pop("MINDLOOP_KILL_AT", None)
     # a long run (many steps), killed from outside once its first step is logged
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "daemon", "--once", "--model", str(tiny_lm),
+    proc = subprocess.Popen([sys.executable, "-m", "mindloop.agents.cli", "daemon", "--once", "--model", str(tiny_lm),
                              "--min-flags", "3", "--idle", "0", "--cooldown", "0", "--max-steps", "100000",
                              "--no-generate"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -286,14 +286,14 @@ def test_sigkill_after_the_watch_rolled_back_finishes_the_rollback_on_restart(tm
 
 
 def test_serve_daemon_runs_the_scheduler_beside_the_proxy(tmp_path):
-    from agents.loop import open_checkpointer
+    from mindloop.agents.chat.loop import open_checkpointer
 
     from .conftest import free_port
 
     home = tmp_path / "home"
     env = {**os.environ, "MINDLOOP_HOME": str(home), "MINDLOOP_GRAPH_EMBEDDER": "hashing",
            "MINDLOOP_SIGNAL_READER": "off"}
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "serve", "--daemon", "--upstream",
+    proc = subprocess.Popen([sys.executable, "-m", "mindloop.agents.cli", "serve", "--daemon", "--upstream",
                              "http://127.0.0.1:9/v1", "--model", "x", "--port", str(free_port())],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,10 +9,10 @@ import httpx
 import openai
 import pytest
 
-from agents.backends import BackendError, ScriptedBackend
-from agents.loop import ChatLoop
-from agents.server import ServeConfig, check_bind, create_app
-from graph import ConfigError, Memory
+from mindloop.agents.chat.backends import BackendError, ScriptedBackend
+from mindloop.agents.chat.loop import ChatLoop
+from mindloop.agents.server import ServeConfig, check_bind, create_app
+from mindloop.graph import ConfigError, Memory
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.backends import ScriptedBackend
-from agents.compose import ComposeConfig, compose, trl_rows, write_jsonl
-from agents.detect import Detector
-from agents.loop import ChatLoop
-from agents.patterns import describe, join_pattern, resolve_pattern, update_patterns
-from agents.signal import SignalAgent, SignalConfig, flag_id
-from graph import Flag, HashingEmbedder, Pattern, InvalidRecord, InvalidText, NodeNotFound, Run
-from graph.conversations import import_conversations
+from mindloop.agents.chat.backends import ScriptedBackend
+from mindloop.agents.signal.compose import ComposeConfig, compose, trl_rows, write_jsonl
+from mindloop.agents.signal.detect import Detector
+from mindloop.agents.chat.loop import ChatLoop
+from mindloop.agents.signal.patterns import describe, join_pattern, resolve_pattern, update_patterns
+from mindloop.agents.signal.agent import SignalAgent, SignalConfig, flag_id
+from mindloop.graph import Flag, HashingEmbedder, Pattern, InvalidRecord, InvalidText, NodeNotFound, Run
+from mindloop.graph.conversations import import_conversations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,7 +270,7 @@ def test_write_jsonl_leaves_old_files_when_it_fails(tmp_path, graph, agent, dete
 
 
 def test_trl_rows_shapes():
-    from graph import Example
+    from mindloop.graph import Example
 
     e = Example(prompt=[{"role": "user", "content": "hi"}], completion="hello", rejected="go away")
     rows = trl_rows([e])
@@ -280,7 +280,7 @@ def test_trl_rows_shapes():
 
 
 def test_a_configured_model_names_the_pattern(graph, agent, detector):
-    from agents.patterns import model_namer
+    from mindloop.agents.signal.patterns import model_namer
 
     _log_alternatives(graph)
     agent.detect_all()

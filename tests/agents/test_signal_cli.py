@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli import main
+from mindloop.agents.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

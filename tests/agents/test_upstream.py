@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from agents.backends import BackendError, OpenAIBackend, ScriptedBackend
-from agents.loop import ChatLoop
-from agents.server import create_app
-from graph import GraphConfig, HashingEmbedder, MemoryGraph
+from mindloop.agents.chat.backends import BackendError, OpenAIBackend, ScriptedBackend
+from mindloop.agents.chat.loop import ChatLoop
+from mindloop.agents.server import create_app
+from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
 
 from .conftest import free_port
 
@@ -50,7 +50,7 @@ def test_chat_through_an_upstream_mindloop(graph, upstream):
 
 
 def test_api_key_is_sent(upstream, live_server, tmp_path):
-    from agents.server import ServeConfig
+    from mindloop.agents.server import ServeConfig
 
     g = MemoryGraph.open(GraphConfig(home=tmp_path / "locked", embedder="hashing"), embedder=HashingEmbedder())
     loop = ChatLoop(g, ScriptedBackend(["ok"]))
@@ -112,7 +112,7 @@ def test_mindloop_serve_with_the_bundled_model_as_an_upstream(tmp_path):
     """`mindloop serve` in its own process with the real SmolLM2, used as the upstream of another loop."""
     port = free_port()
     env = {**os.environ, "MINDLOOP_HOME": str(tmp_path / "served"), "MINDLOOP_GRAPH_EMBEDDER": "hashing"}
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "serve", "--port", str(port), "--max-tokens", "12"],
+    proc = subprocess.Popen([sys.executable, "-m", "mindloop.agents.cli", "serve", "--port", str(port), "--max-tokens", "12"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

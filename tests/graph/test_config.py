@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from graph import ConfigError, GraphConfig, load_config
+from mindloop.graph import ConfigError, GraphConfig, load_config
 
 
 def test_precedence(tmp_path):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from graph import InvalidRecord
-from graph.conversations import import_conversations, parse_conversation
+from mindloop.graph import InvalidRecord
+from mindloop.graph.conversations import import_conversations, parse_conversation
 
 
 def line(messages, **extra):

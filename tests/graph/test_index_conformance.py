@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graph import ChromaIndex, GraphConfig, HashingEmbedder, IndexUnavailable, MemoryGraph
+from mindloop.graph import ChromaIndex, GraphConfig, HashingEmbedder, IndexUnavailable, MemoryGraph
 
 EMB = HashingEmbedder(dim=64)
 
@@ -164,8 +164,8 @@ def test_embedded_chroma_has_one_writer(tmp_path):
 
 
 def test_every_kind_with_text_has_a_collection():
-    from graph.index import EMBEDDED_KINDS
-    from graph.records import NODE_CLASSES, Node
+    from mindloop.graph.index import EMBEDDED_KINDS
+    from mindloop.graph.records import NODE_CLASSES, Node
 
     with_text = {k for k, cls in NODE_CLASSES.items() if cls.embed_text is not Node.embed_text}
     assert set(EMBEDDED_KINDS) == with_text

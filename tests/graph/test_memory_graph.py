@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graph import (
+from mindloop.graph import (
     Flag,
     GraphConfig,
     HashingEmbedder,
@@ -28,7 +28,7 @@ from graph import (
     TextTooLarge,
     UnknownKind,
 )
-from graph.memory_graph import session_id
+from mindloop.graph.memory_graph import session_id
 
 
 def db_rows(graph, sql, *params):

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import graph.embed
-from graph import GraphConfig, MemoryGraph, MiniLMEmbedder
-from graph.errors import GraphError
+from mindloop.graph import embed as graph_embed
+from mindloop.graph import GraphConfig, MemoryGraph, MiniLMEmbedder
+from mindloop.graph.errors import GraphError
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    from trainer.export import onnx_export  # the graph never imports torch: the exporter comes from the trainer
+    from mindloop.trainer.export import onnx_export  # the graph never imports torch: the exporter comes from the trainer
 
     return MiniLMEmbedder(onnx_exporter=onnx_export)
 
@@ -63,7 +63,7 @@ def test_the_bfloat16_weights_stay_within_inference_precision_of_float32(minilm)
 
 def test_auto_follows_the_cpu(monkeypatch):
     for native, want in ((False, "float32"), (True, "bfloat16")):
-        monkeypatch.setattr(graph.embed, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(graph_embed, "cpu_has_native_bf16", lambda native=native: native)
         e = MiniLMEmbedder(dtype="auto")
         e.embed(["x"])
         assert e.dtype_used == want
@@ -123,7 +123,7 @@ def test_a_query_on_onnx_runtime_is_the_float32_model(minilm):
 def exported(tmp_path_factory, minilm):
     """One real export, read back as bytes, for the cache tests (an export takes about 10 s)."""
     minilm.embed_query("warm up")
-    from graph.embed import onnx_cache_file
+    from mindloop.graph.embed import onnx_cache_file
 
     return onnx_cache_file(minilm.path, minilm.name).read_bytes()
 
@@ -133,7 +133,7 @@ def test_the_export_is_cached_and_the_next_embedder_reads_it(tmp_path, monkeypat
     calls: list[str] = []
     first = MiniLMEmbedder(onnx_exporter=lambda path: calls.append(path) or exported)
     q = first.embed_query("Rename the variable to total_count.")
-    cached = graph.embed.onnx_cache_file(first.path, first.name)
+    cached = graph_embed.onnx_cache_file(first.path, first.name)
     assert calls == [first.path] and cached.read_bytes() == exported
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary file left behind
 
@@ -146,7 +146,7 @@ def test_the_export_is_cached_and_the_next_embedder_reads_it(tmp_path, monkeypat
 def test_a_damaged_cached_export_is_exported_again_and_replaced(tmp_path, monkeypatch, exported):
     monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(tmp_path / "cache"))
     e = MiniLMEmbedder()
-    cached = graph.embed.onnx_cache_file(e.path, e.name)
+    cached = graph_embed.onnx_cache_file(e.path, e.name)
     cached.parent.mkdir(parents=True)
     cached.write_bytes(exported[: len(exported) // 3])  # torn by a crash mid-write
     without = MiniLMEmbedder()  # nothing to export with: torch, and the torn file is left for one that can
@@ -187,7 +187,7 @@ def test_a_failed_export_falls_back_to_torch_under_auto_and_is_an_error_under_on
         raise ModuleNotFoundError("No module named 'onnxscript'")
 
     auto = MiniLMEmbedder(onnx_exporter=fail)
-    with caplog.at_level("WARNING", logger="graph.embed"):
+    with caplog.at_level("WARNING", logger="mindloop.graph.embed"):
         q = auto.embed_query("Rename the variable to total_count.")
     assert auto.query_runtime_used == "torch" and q.shape == (384,)
     assert "cannot run all-MiniLM-L6-v2 on ONNX Runtime: No module named 'onnxscript'" in caplog.text
@@ -200,19 +200,19 @@ def test_without_an_exporter_or_a_cached_export_auto_runs_torch_and_onnx_says_ho
                                                                                               caplog):
     monkeypatch.setenv("MINDLOOP_MODEL_CACHE", str(tmp_path / "cache"))
     auto = MiniLMEmbedder()
-    with caplog.at_level("INFO", logger="graph.embed"):
+    with caplog.at_level("INFO", logger="mindloop.graph.embed"):
         q = auto.embed_query("Rename the variable to total_count.")
     assert auto.query_runtime_used == "torch" and q.shape == (384,)
     assert "no ONNX export of all-MiniLM-L6-v2 is cached" in caplog.text
     with pytest.raises(GraphError, match="no ONNX export of all-MiniLM-L6-v2 is cached .* given no exporter: open "
-                                         "the graph through trainer.export.open_graph"):
+                                         "the graph through mindloop.trainer.export.open_graph"):
         MiniLMEmbedder(query_runtime="onnx").embed_query("x")
     assert not (tmp_path / "cache").exists()
 
 
 def test_the_mindloop_command_opens_the_graph_with_the_exporter(tmp_path):
     """What a user's graph gets: the trainer's exporter, so its first search makes the ONNX export."""
-    from trainer.export import graph_embedder, onnx_export, open_graph
+    from mindloop.trainer.export import graph_embedder, onnx_export, open_graph
 
     config = GraphConfig(home=tmp_path / "g")
     assert graph_embedder(config).onnx_exporter is onnx_export

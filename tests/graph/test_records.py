@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from graph import (
+from mindloop.graph import (
     Alert,
     Checkpoint,
     Edge,
@@ -26,7 +26,7 @@ from graph import (
     UnknownKind,
     record_from_json,
 )
-from graph.records import NODE_CLASSES, check_text, edge_from_json
+from mindloop.graph.records import NODE_CLASSES, check_text, edge_from_json
 
 SAMPLES = [
     Session(scope="a", session="s1", title="first"),

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from graph import DiskFull, GraphConfig, HashingEmbedder, Memory, MemoryGraph, Store, StoreCorrupt
-from graph.store import SCHEMA_VERSION, bounded_query, fts_query
+from mindloop.graph import DiskFull, GraphConfig, HashingEmbedder, Memory, MemoryGraph, Store, StoreCorrupt
+from mindloop.graph.store import SCHEMA_VERSION, bounded_query, fts_query
 
 
 def test_garbage_file_is_reported_by_name(tmp_path):

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import pytest
 
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 PROCESSES = 4
 TURNS = 500
@@ -29,7 +29,7 @@ SHARED = "shared"
 
 CHILD = '''
 import random, sys
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 home, name, seed, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
@@ -118,7 +118,7 @@ def _read_until_done(child) -> list[str]:
 # for its index to match graph.db, and reports both.
 OWNER = '''
 import sys, time
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 g = MemoryGraph.open(GraphConfig(home=sys.argv[1], embedder="hashing", embed_poll_s=0.2))
 for i in range(30):

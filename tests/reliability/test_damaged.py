@@ -34,12 +34,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli import main
-from graph import Flag, GraphConfig, Memory, MemoryGraph, StoreCorrupt
-from graph.index import ChromaIndex
-from graph.store import SCHEMA_VERSION
-from trainer.checkpoints import Checkpoints
-from trainer.errors import CheckpointError
+from mindloop.agents.cli import main
+from mindloop.graph import Flag, GraphConfig, Memory, MemoryGraph, StoreCorrupt
+from mindloop.graph.index import ChromaIndex
+from mindloop.graph.store import SCHEMA_VERSION
+from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.trainer.errors import CheckpointError
 
 TURNS, BOB_TURNS, FLAGS, MEMORIES, LOOP_ROWS = 1200, 50, 40, 20, 400
 

@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # and logs one more turn in the same process.
 FULL_CHILD = '''
 import resource, signal, sys
-from graph import DiskFull, GraphConfig, MemoryGraph
+from mindloop.graph import DiskFull, GraphConfig, MemoryGraph
 
 home, limit, lift = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
@@ -105,7 +105,7 @@ def test_file_size_limit_refuses_writes_clearly_and_loses_nothing(tmp_path, spaw
 
 RESTART_CHILD = '''
 import sys
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 home = sys.argv[1]
 g = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"))
@@ -169,7 +169,7 @@ def test_a_full_filesystem_refuses_writes_clearly_and_logging_resumes_when_space
 
 CLI_CHILD = '''
 import resource, signal, sys
-from agents.cli import main
+from mindloop.agents.cli import main
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
@@ -197,7 +197,7 @@ def test_the_cli_prints_the_error_and_exits_non_zero(tmp_path, figures):
     error = [line for line in full.stderr.splitlines() if line.startswith("mindloop: error:")]
     assert len(error) == 1 and "graph.db" in error[0] and "disk full" in error[0], full.stderr[-2000:]
 
-    from graph import GraphConfig, MemoryGraph
+    from mindloop.graph import GraphConfig, MemoryGraph
 
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing")) as g:  # the import is all or nothing
         assert [t.text for t in g.nodes(kind="turn")] == ["fits"]
@@ -216,8 +216,8 @@ spec.loader.exec_module(helpers)
 helpers.build_tiny_lm(model_dir)
 weights = os.path.getsize(model_dir / "model.safetensors")
 
-from trainer.checkpoints import Checkpoints
-from trainer.run import TrainConfig, train
+from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.trainer.run import TrainConfig, train
 
 prompt = [{"role": "user", "content": "rename the function"}]
 rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": "done it is"}], "id": f"e{i}"}

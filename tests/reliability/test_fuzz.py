@@ -2,17 +2,17 @@
 
 Doors, and what each must do with any input:
 
-- the proxy (``agents.server``): schemathesis against its OpenAPI schema
+- the proxy (``mindloop.agents.server``): schemathesis against its OpenAPI schema
   (positive and negative cases), then hypothesis strategies for the chat body
   (malformed JSON bytes, wrong types, unknown roles, odd unicode, lone
   surrogates, missing fields, huge numbers, deep nesting, bodies around and
   over the size limit, chunked uploads, streaming on and off, odd session and
   scope headers);
-- the UI (``agents.ui``): schemathesis against its JSON API (ids of real
+- the UI (``mindloop.agents.ui``): schemathesis against its JSON API (ids of real
   flags, nodes and runs mixed in, so the fuzzing reaches past the 404s), then
   hypothesis for its HTML pages and forms;
 - ``mindloop log import FILE`` and ``mindloop detect --eval FILE``, through
-  ``agents.cli.main``: random bytes, and JSONL mixing good lines with lines of
+  ``mindloop.agents.cli.main``: random bytes, and JSONL mixing good lines with lines of
   every wrong shape.
 
 Every answer must be a 2xx, or a 4xx whose message names the problem; never a
@@ -136,10 +136,10 @@ def proxy(error_log):
     """(TestClient, graph home) of the proxy on the fake model, with a 64 KiB body limit."""
     from fastapi.testclient import TestClient
 
-    from agents.backends import ScriptedBackend
-    from agents.loop import ChatLoop
-    from agents.server import ServeConfig, create_app
-    from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    from mindloop.agents.chat.backends import ScriptedBackend
+    from mindloop.agents.chat.loop import ChatLoop
+    from mindloop.agents.server import ServeConfig, create_app
+    from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -373,10 +373,10 @@ def ui(error_log):
     """(app, TestClient, home, ids) of the UI over a small graph: conversations, flags on every correction, patterns."""
     from fastapi.testclient import TestClient
 
-    from agents.patterns import update_patterns
-    from agents.signal import correction_pairs, flag_id
-    from agents.ui.app import create_app
-    from graph import Flag, GraphConfig, HashingEmbedder, MemoryGraph
+    from mindloop.agents.signal.patterns import update_patterns
+    from mindloop.agents.signal.agent import correction_pairs, flag_id
+    from mindloop.agents.ui.app import create_app
+    from mindloop.graph import Flag, GraphConfig, HashingEmbedder, MemoryGraph
 
     lines = (Path(__file__).resolve().parents[2] / "examples/data/corrections.jsonl").read_text().splitlines()
     with tempfile.TemporaryDirectory() as tmp:
@@ -549,7 +549,7 @@ def test_ui_pages(ui, error_log, figures):
 
 def cli(*argv: str) -> tuple[int, str, str]:
     """``mindloop ARGV`` in this process: (exit code, stdout, stderr). stdout is strict UTF-8, as a terminal's is."""
-    from agents.cli import main
+    from mindloop.agents.cli import main
 
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
     err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)

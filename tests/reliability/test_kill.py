@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from graph import session_id
-from graph.store import Store
+from mindloop.graph import session_id
+from mindloop.graph.store import Store
 
 TRIALS = 24
 FORGET_TRIALS = 12
@@ -39,7 +39,7 @@ FORGET_TRIALS = 12
 # sessions in two scopes, now and then a 2-4 turn log_turns batch.
 LOG_CHILD = '''
 import random, sys
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 home, seed = sys.argv[1], int(sys.argv[2])
 rng = random.Random(seed)
@@ -68,7 +68,7 @@ while True:
 # vectors, then forgets A and waits to be killed.
 FORGET_CHILD = '''
 import sys
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 home, trial, n, flush_first = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 g = MemoryGraph.open(GraphConfig(home=home, embedder="hashing", embed_batch=32))
@@ -265,7 +265,7 @@ def _session_node(session: str) -> str:
 # one, reports on its vectors and closes.
 TORN_CHILD = '''
 import sys
-from graph import GraphConfig, MemoryGraph
+from mindloop.graph import GraphConfig, MemoryGraph
 
 home, build = sys.argv[1], sys.argv[2] == "build"
 g = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"))

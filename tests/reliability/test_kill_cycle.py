@@ -41,7 +41,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from graph import Checkpoint, GraphConfig, HashingEmbedder, MemoryGraph  # noqa: E402
+from mindloop.graph import Checkpoint, GraphConfig, HashingEmbedder, MemoryGraph  # noqa: E402
 
 TRIALS = 20
 REPO = Path(__file__).resolve().parents[2]
@@ -119,9 +119,9 @@ class Zygote:
 # -- promotion and rollback -------------------------------------------------------------
 
 PROMOTE_PRELOAD = '''
-from graph import GraphConfig, MemoryGraph
-from trainer.checkpoints import Checkpoints
-from agents.observe import promote, rollback, sync_statuses
+from mindloop.graph import GraphConfig, MemoryGraph
+from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.agents.cycle.observe import promote, rollback, sync_statuses
 import safetensors.torch
 '''
 
@@ -156,7 +156,7 @@ def _fake_checkpoints(home: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from trainer.checkpoints import Checkpoints
+    from mindloop.trainer.checkpoints import Checkpoints
 
     store = Checkpoints(home / "checkpoints")
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
@@ -178,8 +178,8 @@ def _expected_statuses(history: list[dict]) -> dict[str, str]:
 
 def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agreeing_records(
         tmp_path, spawn, recovered, figures):
-    from agents.observe import sync_statuses
-    from trainer.checkpoints import Checkpoints
+    from mindloop.agents.cycle.observe import sync_statuses
+    from mindloop.trainer.checkpoints import Checkpoints
 
     home = tmp_path / "home"
     _fake_checkpoints(home)
@@ -247,9 +247,9 @@ def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agre
 
 TRAIN_PRELOAD = '''
 import torch, transformers, trl, peft
-from graph import GraphConfig, MemoryGraph
-from trainer.run import TrainConfig, record_run, recover_runs, train
-from trainer.evaluate import Probe
+from mindloop.graph import GraphConfig, MemoryGraph
+from mindloop.trainer.run import TrainConfig, record_run, recover_runs, train
+from mindloop.trainer.evaluate import Probe
 '''
 
 # What `mindloop train --dataset` does: recover, train (1-4 steps, with or without evaluation), record.
@@ -276,8 +276,8 @@ def work(home, model, seed):
 
 def _check_runs(home: Path, why: str) -> dict[str, int]:
     """After recovery: no run left started, checkpoints whole and each of a finished run, graph == disk."""
-    from trainer.checkpoints import Checkpoints
-    from trainer.run import recover_runs
+    from mindloop.trainer.checkpoints import Checkpoints
+    from mindloop.trainer.run import recover_runs
 
     store = Checkpoints(home / "checkpoints")
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
@@ -339,10 +339,10 @@ def test_sigkill_during_training_leaves_no_half_visible_checkpoint_and_records_e
 
 DETECT_PRELOAD = '''
 import numpy, sklearn
-from graph import GraphConfig, HashingEmbedder, MemoryGraph
-from agents.detect import Detector
-from agents.patterns import update_patterns
-from agents.signal import SignalAgent, SignalConfig
+from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
+from mindloop.agents.signal.detect import Detector
+from mindloop.agents.signal.patterns import update_patterns
+from mindloop.agents.signal.agent import SignalAgent, SignalConfig
 '''
 
 # What `mindloop detect --all` does: score every unflagged pair, store the flags, regroup the patterns.
@@ -386,10 +386,10 @@ def _many_conversations(copies: int) -> list[str]:
 
 def test_sigkill_during_detection_then_restart_gives_the_uninterrupted_flags_and_patterns(
         tmp_path, spawn, recovered, figures):
-    from agents.detect import Detector
-    from agents.patterns import update_patterns
-    from agents.signal import SignalAgent, SignalConfig
-    from graph.conversations import import_conversations
+    from mindloop.agents.signal.detect import Detector
+    from mindloop.agents.signal.patterns import update_patterns
+    from mindloop.agents.signal.agent import SignalAgent, SignalConfig
+    from mindloop.graph.conversations import import_conversations
 
     pristine, reference = tmp_path / "pristine", tmp_path / "reference"
     weights = tmp_path / "detector.npz"

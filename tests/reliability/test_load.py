@@ -39,7 +39,7 @@ class TimedBackend:
     """The scripted fake model, timed: ``seconds[text]`` is how long its reply to user message ``text`` took."""
 
     def __init__(self) -> None:
-        from agents.backends import ScriptedBackend
+        from mindloop.agents.chat.backends import ScriptedBackend
 
         self.inner = ScriptedBackend(lambda messages: f"ack: {messages[-1]['content']}")
         self.model_id, self.checkpoint = self.inner.model_id, None
@@ -128,9 +128,9 @@ def _client(url: str, session: int, backend: TimedBackend, out: list) -> None:
 
 @pytest.mark.slow
 def test_sixteen_sessions_through_the_proxy(tmp_path, recovered, figures):
-    from agents.loop import ChatLoop
-    from agents.server import ServeConfig, create_app
-    from graph import GraphConfig, MemoryGraph
+    from mindloop.agents.chat.loop import ChatLoop
+    from mindloop.agents.server import ServeConfig, create_app
+    from mindloop.graph import GraphConfig, MemoryGraph
 
     home = tmp_path / "home"
     graph = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"))

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.errors import InvalidDataset  # noqa: E402
-from trainer.evaluate import (Probe, attention_mass, builtin_probes, default_text, evaluate, perplexity,  # noqa: E402
+from mindloop.trainer.errors import InvalidDataset  # noqa: E402
+from mindloop.trainer.evaluate import (Probe, attention_mass, builtin_probes, default_text, evaluate, perplexity,  # noqa: E402
                               read_probes)
 
 
@@ -84,7 +84,7 @@ def test_default_text_ships_with_python():
 
 def test_batched_scores_equal_one_at_a_time(lm):
     """Left-padded batches with their own positions compute what each row computes alone."""
-    from trainer.scoring import response_logprob, response_logprobs
+    from mindloop.trainer.scoring import response_logprob, response_logprobs
 
     model, tok = lm
     items = [(p.prompt, r) for p in PROBES for r in (p.desired, p.undesired)]
@@ -96,14 +96,14 @@ def test_batched_scores_equal_one_at_a_time(lm):
 
 
 def test_batched_hidden_states_equal_one_at_a_time(lm):
-    from trainer.evaluate import _hiddens
-    from trainer.scoring import _split_ids
+    from mindloop.trainer.evaluate import _hiddens
+    from mindloop.trainer.scoring import split_ids
 
     model, tok = lm
     items = [(p.prompt, p.desired) for p in PROBES] + [(PROBES[0].prompt, "sure it is done no")]
     means, lasts = _hiddens(model, tok, items, layer=1, batch_size=2)
     for (messages, response), mean, last in zip(items, means, lasts):
-        ids, n = _split_ids(tok, messages, response)
+        ids, n = split_ids(tok, messages, response)
         with torch.no_grad():
             hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
         assert torch.allclose(mean, hs[n:].mean(0), atol=1e-5) and torch.allclose(last, hs[n - 1], atol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.frozen import frozen_response_logits, frozen_response_loss, ordinary_response_loss  # noqa: E402
+from mindloop.trainer.frozen import frozen_response_logits, frozen_response_loss, ordinary_response_loss  # noqa: E402
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_needs_tokens_on_both_sides(model):
 
 
 def test_batched_frozen_loss_equals_the_per_example_losses(model):
-    from trainer.frozen import frozen_batch_loss
+    from mindloop.trainer.frozen import frozen_batch_loss
 
     pairs = [_ids(10, prompt=9, response=4), _ids(11, prompt=1, response=6), _ids(12, prompt=15, response=2)]
     prompts, responses = [p[0] for p, _ in pairs], [r[0] for _, r in pairs]
@@ -139,7 +139,7 @@ def test_batched_frozen_loss_equals_the_per_example_losses(model):
 
 
 def test_the_context_dtype_setting_resolves_by_model_and_cpu(model, monkeypatch):
-    import trainer.frozen as frozen
+    import mindloop.trainer.frozen as frozen
 
     assert frozen.resolve_context_dtype(model, "model") is None
     assert frozen.resolve_context_dtype(model, "bfloat16") is torch.bfloat16
@@ -154,7 +154,7 @@ def test_the_context_dtype_setting_resolves_by_model_and_cpu(model, monkeypatch)
 
 
 def test_a_bfloat16_context_gives_a_float32_cache_and_nearly_the_exact_logits(model):
-    from trainer.frozen import _context_cache
+    from mindloop.trainer.frozen import _context_cache
 
     prompt, response = _ids(4, prompt=24)
     past = _context_cache(model, torch.bfloat16, input_ids=prompt[:, :-1])
@@ -168,7 +168,7 @@ def test_a_bfloat16_context_gives_a_float32_cache_and_nearly_the_exact_logits(mo
 
 
 def test_a_bfloat16_context_keeps_the_gradient_and_the_batched_loss(model):
-    from trainer.frozen import frozen_batch_loss
+    from mindloop.trainer.frozen import frozen_batch_loss
 
     prompt, response = _ids(5, prompt=20)
     frozen_response_loss(model, prompt, response).backward()

@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.model import bundled_cache, load_model  # noqa: E402
+from mindloop.trainer.model import bundled_cache, load_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

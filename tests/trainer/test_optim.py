@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.errors import InvalidDataset  # noqa: E402
-from trainer.optim import StepInBackward, check_step_in_backward  # noqa: E402
+from mindloop.trainer.errors import InvalidDataset  # noqa: E402
+from mindloop.trainer.optim import StepInBackward, check_step_in_backward  # noqa: E402
 
 
 def _model() -> torch.nn.Module:

@@ -12,11 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.checkpoints import Checkpoints  # noqa: E402
-from trainer.data import read_dataset, rows_from_lines  # noqa: E402
-from trainer.errors import CheckpointError, InvalidDataset, ModelUnavailable  # noqa: E402
-from trainer.evaluate import Probe  # noqa: E402
-from trainer.run import TrainConfig, record_run, train  # noqa: E402
+from mindloop.trainer.checkpoints import Checkpoints  # noqa: E402
+from mindloop.trainer.data import read_dataset, rows_from_lines  # noqa: E402
+from mindloop.trainer.errors import CheckpointError, InvalidDataset, ModelUnavailable  # noqa: E402
+from mindloop.trainer.evaluate import Probe  # noqa: E402
+from mindloop.trainer.run import TrainConfig, record_run, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = [{"role": "user", "content": "rename the function"}]
@@ -38,7 +38,7 @@ def test_an_sft_lora_run_writes_its_record_and_a_checkpoint(tiny_lm, tmp_path):
     assert (run / "status").read_text().startswith("finished")
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["context_frozen"] is True and cfg["learning_rate"] == 1e-2 and cfg["data_hash"] == result.data_hash
-    from trainer.frozen import _cpu_has_native_bf16
+    from mindloop.trainer.frozen import _cpu_has_native_bf16
 
     assert cfg["context_dtype"] == "auto"  # the prompt pass ran in bfloat16 where the CPU has it natively
     assert cfg["context_dtype_used"] == ("bfloat16" if _cpu_has_native_bf16() else "float32")
@@ -73,7 +73,7 @@ def test_lineage_the_next_run_starts_from_the_promoted_checkpoint(tiny_lm, tmp_p
 
 
 def test_full_weights_checkpoint_is_served_by_the_local_backend(tiny_lm, tmp_path):
-    from agents.backends import LocalBackend
+    from mindloop.agents.chat.backends import LocalBackend
 
     result = train(_cfg(tiny_lm, method="full", context_frozen=False, evaluate=False), ROWS, home=tmp_path,
                    progress=False)
@@ -157,7 +157,7 @@ def test_a_failed_save_leaves_no_checkpoint_and_stale_temp_folders_are_cleaned(t
 
 
 def test_runs_checkpoints_and_evals_are_recorded_in_the_graph(tiny_lm, tmp_path, graph):
-    from graph import Example
+    from mindloop.graph import Example
 
     ex = graph.add(Example(prompt=PROMPT, completion="done it is"))
     result = train(_cfg(tiny_lm), ROWS, home=tmp_path, probes=PROBES, progress=False)
@@ -194,7 +194,7 @@ def test_mindloop_train_under_accelerate_launch_with_two_cpu_processes(tiny_lm, 
            "MINDLOOP_GRAPH_EMBEDDER": "hashing", "PYTHONPATH": str(ROOT)}
     accelerate = str(Path(sys.executable).parent / "accelerate")
     out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agents.cli", "train",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mindloop.agents.cli", "train",
                           "--dataset", str(data), "--model", str(tiny_lm), "--batch-size", "2", "--max-steps", "2",
                           "--no-eval", "--json"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
@@ -204,7 +204,7 @@ def test_mindloop_train_under_accelerate_launch_with_two_cpu_processes(tiny_lm, 
     assert result["config"]["processes"] == 2
     store = Checkpoints(home / "checkpoints")
     assert [m["id"] for m in store.list()] == [result["checkpoint"]]
-    from graph import GraphConfig, HashingEmbedder, MemoryGraph
+    from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
 
     with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
         assert [r.id for r in g.nodes(kind="run")] == [result["run"]]
@@ -212,7 +212,7 @@ def test_mindloop_train_under_accelerate_launch_with_two_cpu_processes(tiny_lm, 
 
 
 def test_a_known_evaluation_of_the_parent_is_reused_only_on_the_same_probes(tiny_lm, tmp_path, monkeypatch):
-    import trainer.run as run_mod
+    import mindloop.trainer.run as run_mod
 
     store = Checkpoints(tmp_path / "checkpoints")
     first = train(_cfg(tiny_lm), ROWS, home=tmp_path, probes=PROBES, progress=False)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agents.cli import main
+from mindloop.agents.cli import main
 
 PROMPT = [{"role": "user", "content": "rename the function"}]
 

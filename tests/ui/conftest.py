@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from graph import Alert, Flag, GraphConfig, HashingEmbedder, MemoryGraph
+from mindloop.graph import Alert, Flag, GraphConfig, HashingEmbedder, MemoryGraph
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
@@ -46,8 +46,8 @@ class RuleDetector:
     def score(self, pairs):
         import hashlib
 
-        from agents.detect import Detection
-        from agents.rules import apply_rules
+        from mindloop.agents.signal.detect import Detection
+        from mindloop.agents.signal.rules import apply_rules
 
         out = []
         for p in pairs:
@@ -62,7 +62,7 @@ class RuleDetector:
 
 def _flags_dated(graph: MemoryGraph, detector) -> list[Flag]:
     """Flag every correction as the loop's hook would have when it happened (dated by the correction)."""
-    from agents.signal import correction_pairs, flag_id
+    from mindloop.agents.signal.agent import correction_pairs, flag_id
 
     found = []
     sessions = sorted({t.session for t in graph.nodes(kind="turn")})
@@ -95,8 +95,8 @@ def _fake_run(graph: MemoryGraph, run_id: str, parent: str | None, example_ids: 
     import numpy as np
     from safetensors.numpy import save_file
 
-    from trainer.checkpoints import Checkpoints
-    from trainer.run import TrainResult, record_run
+    from mindloop.trainer.checkpoints import Checkpoints
+    from mindloop.trainer.run import TrainResult, record_run
 
     home = graph.config.home
     run_dir = home / "runs" / run_id
@@ -141,10 +141,10 @@ def _date_history(store, times: list[float]) -> None:
 
 def fill_demo(home: Path, *, attack: bool = False) -> dict:
     """Fill ``home`` (see the module docstring); with ``attack``, plant script and HTML payloads everywhere."""
-    from agents.compose import compose
-    from agents.patterns import update_patterns
-    from agents.signal import SignalAgent
-    from trainer.checkpoints import Checkpoints
+    from mindloop.agents.signal.compose import compose
+    from mindloop.agents.signal.patterns import update_patterns
+    from mindloop.agents.signal.agent import SignalAgent
+    from mindloop.trainer.checkpoints import Checkpoints
 
     embedder = HashingEmbedder()
     lines = (ROOT / "examples" / "data" / "corrections.jsonl").read_text(encoding="utf-8").splitlines()

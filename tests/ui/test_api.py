@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from agents.ui import UIConfig, create_app
-from agents.ui.inspector import evaluation_rows, fallback_report
-from trainer.checkpoints import Checkpoints
+from mindloop.agents.ui import UIConfig, create_app
+from mindloop.agents.ui.inspector import evaluation_rows, fallback_report
+from mindloop.trainer.checkpoints import Checkpoints
 
 from .conftest import OBSERVER_REPORT
 
@@ -212,7 +212,7 @@ def test_the_observer_shows_surface_observes_report(demo):
 
 def test_the_default_observer_is_agents_observe_report(client, demo):
     g, facts = demo
-    from agents.observe import report
+    from mindloop.agents.cycle.observe import report
 
     data = client.get("/api/observer").json()
     expected = report(g, Checkpoints(g.config.home / "checkpoints"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.ui import create_app
+from mindloop.agents.ui import create_app
 
 from .conftest import OBSERVER_REPORT, LiveServer
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agents.cli import main
+from mindloop.agents.cli import main
 
 
 def test_help(capsys):
@@ -77,7 +77,7 @@ def test_serves_over_http_and_closes_the_graph_on_sigterm(demo_template, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MINDLOOP_HOME": str(home), "MINDLOOP_GRAPH_EMBEDDER": "hashing"}
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "ui", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mindloop.agents.cli", "ui", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -7,7 +7,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from agents.ui import create_app
+from mindloop.agents.ui import create_app
 
 from .conftest import OBSERVER_REPORT
 
@@ -155,7 +155,7 @@ def test_the_observer_page(demo):
 
 def test_the_observer_page_without_surface_observe(demo):
     g, facts = demo
-    from agents.ui.inspector import fallback_report
+    from mindloop.agents.ui.inspector import fallback_report
 
     app = create_app(g, observer=fallback_report)
     with TestClient(app, base_url="http://127.0.0.1:8765", headers=HTML) as c:

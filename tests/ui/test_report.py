@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from agents.cli import main
-from agents.report import html_report, write_report
-from trainer.checkpoints import Checkpoints
+from mindloop.agents.cli import main
+from mindloop.agents.report import html_report, write_report
+from mindloop.trainer.checkpoints import Checkpoints
 
 pytest.importorskip("matplotlib")
 
@@ -59,7 +59,7 @@ def test_write_report_leaves_the_old_file_when_rendering_fails(demo, tmp_path, m
     graph, _ = demo
     out = tmp_path / "r.html"
     out.write_text("old")
-    monkeypatch.setattr("agents.report._watch", lambda rep: 1 / 0)
+    monkeypatch.setattr("mindloop.agents.report._watch", lambda rep: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         write_report(out, graph, _store(graph))
     assert out.read_text() == "old"

@@ -8,9 +8,9 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from agents.ui import UIConfig, create_app
-from agents.ui.security import CSP
-from graph import ConfigError
+from mindloop.agents.ui import UIConfig, create_app
+from mindloop.agents.ui.security import CSP
+from mindloop.graph import ConfigError
 
 from .conftest import PAYLOADS
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agents.surface import Surfaced, with_memories
-from graph import MemoryGraph, NodeNotFound, Turn
+from mindloop.agents.chat.surface import Surfaced, with_memories
+from mindloop.graph import MemoryGraph, NodeNotFound, Turn
 
 __all__ = ["candidates", "score_turns"]
 

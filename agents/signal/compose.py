@@ -11,11 +11,11 @@ nodes with ``derived_from`` edges to their turns and flags):
   A reviewer's edit comes first because a person wrote it for this purpose.
 - **push-back** examples (``pushback_ratio`` per accept example, default 1/3):
   logged turns where the assistant pushed back and the user agreed, then the
-  shipped wrong-direction scenarios (``agents/data/pushback_scenarios.jsonl``)
+  shipped wrong-direction scenarios (``agents/signal/data/pushback_scenarios.jsonl``)
   that guard the pattern's failure family.
 - **general** replay (``general_ratio`` of the whole set, default 25%): logged
   replies the user was satisfied with, then shipped general prompts
-  (``agents/data/general_prompts.jsonl``) answered by the current model before
+  (``agents/signal/data/general_prompts.jsonl``) answered by the current model before
   training (or their reference answers when no model is given).
 
 Near-duplicates are dropped (cosine similarity of the embedded example), a
@@ -38,8 +38,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from agents.rules import apply_rules
-from graph import Embedder, Example, Flag, InvalidRecord, MemoryGraph, NodeNotFound, Pattern, Turn
+from mindloop.agents.signal.rules import apply_rules
+from mindloop.graph import Embedder, Example, Flag, InvalidRecord, MemoryGraph, NodeNotFound, Pattern, Turn
 
 __all__ = ["ComposeConfig", "Composed", "compose", "general_prompts", "pushback_scenarios", "write_jsonl"]
 
@@ -61,7 +61,7 @@ class ComposeConfig:
     include_trained: bool = field(default=False, metadata={"help": "reuse examples a run already trained on"})
 
     def __post_init__(self) -> None:
-        from graph.config import ConfigError
+        from mindloop.graph.config import ConfigError
 
         if not 0.0 <= self.general_ratio < 1.0:
             raise ConfigError(f"general ratio must be in [0, 1), got {self.general_ratio}")
@@ -94,7 +94,7 @@ class Composed:
 
 
 def _read_shipped(name: str) -> list[dict[str, Any]]:
-    path = Path(str(resources.files("agents") / "data" / name))
+    path = Path(str(resources.files("mindloop.agents.signal") / "data" / name))
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
@@ -170,7 +170,7 @@ class _Builder:
         if at + 1 >= len(turns) or turns[at + 1].role != "user":
             return False
         if self.detector is not None:
-            from agents.detect import Pair
+            from mindloop.agents.signal.detect import Pair
 
             return not self.detector.detect(Pair(context=_messages(turns[:at]), response=turns[at].text,
                                                  followup=turns[at + 1].text)).is_correction

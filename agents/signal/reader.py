@@ -3,7 +3,7 @@
 :class:`Reader` renders the conversation (context, the assistant's reply, the
 user's follow-up) with the model's chat template, runs it once without
 gradient and returns the mean hidden state of the follow-up's tokens at one
-layer. A linear classifier over these features (:mod:`agents.detect`)
+layer. A linear classifier over these features (:mod:`mindloop.agents.signal.detect`)
 separates corrections from other follow-ups far better than sentence
 embeddings of the follow-up alone: the model has read the reply the
 follow-up answers.
@@ -36,7 +36,7 @@ class Reader:
     """Mean hidden state of the follow-up tokens, read in context. ``name`` identifies model and layer."""
 
     def __init__(self, model: str = "bundled", *, layer: int = 15, max_tokens: int = 512, backend=None) -> None:
-        from agents.backends import LocalBackend
+        from mindloop.agents.chat.backends import LocalBackend
 
         self.layer = layer
         self.max_tokens = max_tokens

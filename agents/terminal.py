@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from typing import Callable, TextIO
 
-from agents.loop import ChatLoop, TurnResult
-from graph import Flag
+from mindloop.agents.chat.loop import ChatLoop, TurnResult
+from mindloop.graph import Flag
 
 __all__ = ["run_chat"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from graph import MemoryGraph
+from mindloop.graph import MemoryGraph
 
 __all__ = ["SurfaceConfig", "Surfaced", "Surfacer", "with_memories"]
 
@@ -33,7 +33,7 @@ class SurfaceConfig:
         "help": "memory kinds that may be surfaced"})
 
     def __post_init__(self) -> None:
-        from graph import ConfigError
+        from mindloop.graph import ConfigError
 
         if self.budget_tokens < 0 or self.k < 1:
             raise ConfigError("surface.budget_tokens must be >= 0 and surface.k >= 1")

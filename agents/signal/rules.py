@@ -1,7 +1,7 @@
 """Phrase and structure rules for spotting corrections: the first layer of the detector.
 
 The rules never decide alone. Each family of cues becomes one feature of the
-classifier in :mod:`agents.detect` (which learns how much each is worth from
+classifier in :mod:`mindloop.agents.signal.detect` (which learns how much each is worth from
 the seed set), and the phrases that matched become the flag's evidence.
 
     >>> r = apply_rules("Rename parse_cfg to load_config.",

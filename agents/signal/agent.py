@@ -10,11 +10,11 @@ A flag is a :class:`graph.Flag` node with a ``flags`` edge to the corrected
 assistant turn and a ``corrects`` edge from the user's correction to it. Its id
 is derived from the assistant turn, so detecting twice flags once. Review
 (confirm, reject, edit) changes the flag's status; only confirmed flags feed
-:mod:`agents.compose`.
+:mod:`mindloop.agents.signal.compose`.
 
     >>> import tempfile
-    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
-    >>> from agents.detect import Detector
+    >>> from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> from mindloop.agents.signal.detect import Detector
     >>> g = MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder())
     >>> _ = g.log_turns("s1", [{"role": "user", "text": "Format this as JSON: name Ada."},
     ...                        {"role": "assistant", "text": "You might prefer YAML instead."},
@@ -32,9 +32,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from agents.detect import Detection, Detector, Pair
-from graph import Flag, MemoryGraph, NodeNotFound, Turn
-from graph.records import check_text
+from mindloop.agents.signal.detect import Detection, Detector, Pair
+from mindloop.graph import Flag, MemoryGraph, NodeNotFound, Turn
+from mindloop.graph.records import check_text
 
 __all__ = ["SignalAgent", "SignalConfig", "flag_id"]
 
@@ -66,7 +66,7 @@ class SignalConfig:
                 "split in two on the demo data)"})
 
     def __post_init__(self) -> None:
-        from graph.config import ConfigError
+        from mindloop.graph.config import ConfigError
 
         for name in ("threshold", "auto_confirm_above"):
             v = getattr(self, name)
@@ -145,7 +145,7 @@ class SignalAgent:
             return
         flag = self.check(turns[at - 1], user_turn, _context(turns, at - 1))
         if flag is not None:
-            from agents.patterns import join_pattern
+            from mindloop.agents.signal.patterns import join_pattern
 
             log.info("flagged turn %s (%s, %.2f)", flag.turn, flag.type, flag.confidence)
             join_pattern(self.graph, self.detector.embedder, flag, self.config)

@@ -1,7 +1,7 @@
 """The agent loop every chat turn goes through: surface -> respond -> log -> signal (a LangGraph StateGraph).
 
 - ``surface``: memories relevant to the new user turn, from the session's
-  scope, bounded by a token budget (:mod:`agents.surface`);
+  scope, bounded by a token budget (:mod:`mindloop.agents.chat.surface`);
 - ``respond``: the chat model's reply, streamed out through LangGraph's
   custom stream as it is generated;
 - ``log``: the user turn and the reply into the memory graph, in one
@@ -16,8 +16,8 @@ Loop state is checkpointed per session (thread id = scope + session) in
 ``MINDLOOP_POSTGRES_URL`` is set, so a terminal chat resumes where it was.
 
     >>> import tempfile
-    >>> from graph import GraphConfig, HashingEmbedder, MemoryGraph
-    >>> from agents.backends import ScriptedBackend
+    >>> from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph
+    >>> from mindloop.agents.chat.backends import ScriptedBackend
     >>> g = MemoryGraph.open(GraphConfig(home=tempfile.mkdtemp()), embedder=HashingEmbedder())
     >>> loop = ChatLoop(g, ScriptedBackend(["Renamed."]))
     >>> loop.run("s1", "rename foo to bar").reply
@@ -37,10 +37,10 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypedDict
 
-from agents.backends import BackendError, ChatBackend
-from agents.surface import Surfaced, Surfacer, with_memories
-from graph import MemoryGraph, Turn
-from graph.store import BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer
+from mindloop.agents.chat.backends import BackendError, ChatBackend
+from mindloop.agents.chat.surface import Surfaced, Surfacer, with_memories
+from mindloop.graph import MemoryGraph, Turn
+from mindloop.graph.store import BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
 __all__ = ["ChatLoop", "TurnResult", "open_checkpointer"]
 
@@ -215,7 +215,7 @@ class ChatLoop:
 
     def _input(self, session: str, user: str, scope: str | None, history: Sequence[dict] | None,
                params: dict[str, Any]) -> tuple[dict, dict]:
-        from graph.records import check_text
+        from mindloop.graph.records import check_text
 
         scope = self.graph.resolve_scope(scope)
         check_text(user, max_bytes=self.graph.config.max_text_bytes, what="user message")

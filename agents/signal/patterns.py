@@ -11,7 +11,7 @@
    topic: "rename it" and "add the index" land far apart although both
    complain about unwanted alternatives.)
 2. Louvain communities of the flags on the networkx view
-   (:meth:`graph.view.GraphView.communities`) become patterns when they have
+   (:meth:`mindloop.graph.view.GraphView.communities`) become patterns when they have
    at least ``signal.min_pattern_size`` flags; a community keeps the pattern
    most of its flags already belonged to, so ids survive a rebuild;
 3. a pattern's name is its dominant flag type and its most distinctive
@@ -32,11 +32,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from agents.rules import FAMILIES, apply_rules
-from graph import Embedder, Flag, MemoryGraph, NodeNotFound, Pattern
-from graph.records import FlagType
+from mindloop.agents.signal.rules import FAMILIES, apply_rules
+from mindloop.graph import Embedder, Flag, MemoryGraph, NodeNotFound, Pattern
+from mindloop.graph.records import FlagType
 
-__all__ = ["describe", "flag_vectors", "join_pattern", "model_namer", "pattern_name", "resolve_pattern", "update_patterns"]
+__all__ = ["describe", "flag_vectors", "join_pattern", "model_namer", "pattern_name", "pattern_flags", "resolve_pattern",
+           "update_patterns"]
 
 _STOP = set("""a an the to of in on for and or but is it this that these those i you me my your we our with be as
 at by it's i'm was are do did does not no so just please can could would should will what which how why when
@@ -84,7 +85,7 @@ def flag_vectors(embedder: Embedder, flags: Sequence[Flag]) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _members(graph: MemoryGraph, pattern_id: str) -> list[Flag]:
+def pattern_flags(graph: MemoryGraph, pattern_id: str) -> list[Flag]:
     out = []
     for e in graph.edges(pattern_id, kinds=["member_of"], direction="in"):
         try:
@@ -128,7 +129,7 @@ def update_patterns(graph: MemoryGraph, embedder: Embedder, *, scope: str | None
     ``namer`` (e.g. :func:`model_namer`) names a pattern from its flags; without one, or when it gives
     nothing, the name is the dominant type and the most distinctive words.
     """
-    from agents.signal import SignalConfig
+    from mindloop.agents.signal.agent import SignalConfig
 
     config = config or SignalConfig()
     scope = graph.resolve_scope(scope)
@@ -173,11 +174,11 @@ def update_patterns(graph: MemoryGraph, embedder: Embedder, *, scope: str | None
             for f in members:
                 _set_membership(graph, f.id, pattern.id)
         for pid, pattern in existing.items():
-            if pid not in kept and pattern.status == "open" and not _members(graph, pid):
+            if pid not in kept and pattern.status == "open" and not pattern_flags(graph, pid):
                 pattern.status = "empty"
                 graph.update(pattern)
     return sorted((existing.get(pid) or graph.get(pid) for pid in kept),  # type: ignore[misc]
-                  key=lambda p: -len(_members(graph, p.id)))
+                  key=lambda p: -len(pattern_flags(graph, p.id)))
 
 
 def _describe_members(members: Sequence[Flag]) -> str:
@@ -187,13 +188,13 @@ def _describe_members(members: Sequence[Flag]) -> str:
 
 def join_pattern(graph: MemoryGraph, embedder: Embedder, flag: Flag, config=None) -> Pattern | None:
     """Put one new flag into the pattern whose centre is closest, if within ``signal.join_threshold``."""
-    from agents.signal import SignalConfig
+    from mindloop.agents.signal.agent import SignalConfig
 
     config = config or SignalConfig()
     best: tuple[float, Pattern] | None = None
     v = flag_vectors(embedder, [flag])[0]
     for p in graph.nodes(kind="pattern", scope=flag.scope):
-        members = [m for m in _members(graph, p.id) if m.id != flag.id]
+        members = [m for m in pattern_flags(graph, p.id) if m.id != flag.id]
         if not members:
             continue
         centre = flag_vectors(embedder, members).mean(axis=0)
@@ -228,7 +229,7 @@ def resolve_pattern(graph: MemoryGraph, ref: str, scope: str | None = None) -> P
 
 def describe(graph: MemoryGraph, pattern: Pattern, *, now: float | None = None) -> dict[str, Any]:
     """A pattern's counts: flags by status and type, and flags per week over the last 8 weeks."""
-    members = _members(graph, pattern.id)
+    members = pattern_flags(graph, pattern.id)
     now = now or time.time()
     weeks = [0] * 8
     for f in members:

@@ -2,11 +2,11 @@
 
 Off by default (``signal.judge = "off"``). When on, its yes/no is averaged into
 the detector's confidence as a third opinion beside the rules and the
-classifier. Any :class:`agents.backends.ChatBackend` works: the local model or
+classifier. Any :class:`mindloop.agents.chat.backends.ChatBackend` works: the local model or
 an OpenAI-compatible upstream.
 
-    >>> from agents.backends import ScriptedBackend
-    >>> from agents.detect import Pair
+    >>> from mindloop.agents.chat.backends import ScriptedBackend
+    >>> from mindloop.agents.signal.detect import Pair
     >>> judge = LLMJudge(ScriptedBackend(["Yes."]))
     >>> judge(Pair(context=[], response="Use YAML instead.", followup="No, JSON as I asked.")).probability
     0.9
@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from agents.backends import BackendError, ChatBackend
+from mindloop.agents.chat.backends import BackendError, ChatBackend
 
 __all__ = ["LLMJudge", "Verdict"]
 

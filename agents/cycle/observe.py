@@ -5,7 +5,7 @@
     mindloop observe --watch             # run the watch now: raise alerts and roll back what got worse
 
 **Gate.** A run measures its candidate and the parent it started from on the
-same probes (:func:`trainer.run.train`, ``metrics.before``/``after`` in the
+same probes (:func:`mindloop.trainer.run.train`, ``metrics.before``/``after`` in the
 manifest). :func:`gate` promotes only when the target margin rose by at least
 ``min_target_gain`` and nothing regressed past its threshold: perplexity +2%,
 push-back mean margin -5% (relative), capability win rate -2 points. A
@@ -36,7 +36,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from graph import Alert, Checkpoint, Eval, MemoryGraph, NodeNotFound, Pattern
+from mindloop.graph import Alert, Checkpoint, Eval, MemoryGraph, NodeNotFound, Pattern
 
 __all__ = ["ObserveConfig", "GateResult", "gate", "gate_checkpoint", "promote", "rollback", "watch", "report",
            "plan_for", "grow_plan", "shrink_plan", "set_checkpoint_status", "open_alerts", "LR_RANGE"]
@@ -68,7 +68,7 @@ class ObserveConfig:
         "help": "memory kinds that count as correction memories when surfaced"})
 
     def __post_init__(self) -> None:
-        from graph.config import ConfigError
+        from mindloop.graph.config import ConfigError
 
         if self.min_turns < 1:
             raise ConfigError(f"min_turns must be at least 1, got {self.min_turns}")
@@ -141,7 +141,7 @@ def gate(before: dict | None, after: dict | None, config: ObserveConfig | None =
 def gate_checkpoint(graph: MemoryGraph, store, checkpoint_id: str, config: ObserveConfig | None = None, *,
                     scope: str | None = None, record: bool = True) -> GateResult:
     """Gate a written checkpoint on the metrics its run measured; record the verdict in the graph."""
-    from trainer.errors import CheckpointError
+    from mindloop.trainer.errors import CheckpointError
 
     try:
         manifest = store.get(checkpoint_id)
