@@ -5,8 +5,9 @@ site-packages, where `agents` overwrote openai-agents. This builds the wheel fro
 what it holds and what the build printed, then installs it into a fresh venv that also sees openai-agents and imports
 both in one process.
 
-The fresh venv reuses this venv's installed dependencies through a `.pth` file, so pip installs only the wheel, and openai-agents when this venv lacks it (the `dev` extra brings it; then no network
-is needed beyond the build backend pip may already have cached).
+The fresh venv reuses this venv's installed dependencies through a `.pth` file, so pip installs only the wheel, and
+openai-agents when this venv lacks it (the `dev` extra brings it; then only the isolated build fetches setuptools,
+which pip usually has cached).
 
     .venv/bin/python -m pytest -q -n0 tests/test_install.py
 """
@@ -113,7 +114,8 @@ def test_installs_beside_openai_agents(built, tmp_path):
     env = tmp_path / "env"
     venv.EnvBuilder(with_pip=False).create(env)
     python = env / "bin" / "python"
-    site_packages = Path(_run(python, "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=tmp_path).strip())
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site_packages = Path(_run(python, "-I", "-c", purelib, cwd=tmp_path).strip())
     # this venv's site dirs (and those its own .pth files add) serve the dependencies; .pth files in them do not run,
     # so the editable install of mindloop there stays out of the fresh venv
     ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
