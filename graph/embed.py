@@ -110,8 +110,8 @@ def minilm_path() -> str:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX), where they run about twice as
-    fast as float32: the flags Linux lists in ``/proc/cpuinfo`` (False elsewhere, or when it cannot be read)."""
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX), where they run faster than
+    float32: the flags Linux lists in ``/proc/cpuinfo`` (False elsewhere, or when it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:

@@ -49,7 +49,7 @@ def resolve_context_dtype(model, setting: str = "auto"):
     runs under bfloat16 autocast; no gradient flows through it, so it needs inference precision, not training
     precision, and its keys and values are cast back to the model's dtype for the live part. ``"auto"``: bfloat16
     where the model is float32 on a CPU with native bfloat16 matrix multiplies (AVX512-BF16 or AMX, where they run
-    about twice as fast), the model's dtype elsewhere (on CUDA the bundled model is bfloat16 already).
+    faster than float32), the model's dtype elsewhere (on CUDA the bundled model is bfloat16 already).
     """
     import torch
 
