@@ -51,7 +51,7 @@ class TrainConfig:
                                                    "choices": ("lora", "full")})
     optimizer: str = field(default="adamw", metadata={
         "choices": ("adamw", "apollo"),
-        "help": "adamw | apollo (needs the [apollo] extra; CC-BY-NC licence, never a default)"})
+        "help": "adamw | apollo (needs the [apollo] extra; CC-BY-NC licence, so only when asked for)"})
     lr: float | None = field(default=None, metadata={"help": "learning rate; unset = 1e-4 for lora, 1e-5 for full"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
     context_frozen: bool = field(default=True, metadata={
