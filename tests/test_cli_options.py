@@ -70,3 +70,24 @@ def test_help_is_the_fields_help_then_its_default():
     assert field_help(DemoConfig, "kinds") == "kinds kept (default a,b)"
     assert field_help(DemoConfig, "home") == "data directory (default $DEMO_HOME, else nowhere)"
 
+
+
+def test_every_config_field_has_help():
+    """Each setting documents itself once, in its field: the CLI, config.toml and the docs read it from there."""
+    import dataclasses
+
+    from mindloop.agents.chat.backends import ModelConfig
+    from mindloop.agents.chat.surface import SurfaceConfig
+    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle.scheduler import SchedulerConfig
+    from mindloop.agents.server import ServeConfig
+    from mindloop.agents.signal.agent import SignalConfig
+    from mindloop.agents.signal.compose import ComposeConfig
+    from mindloop.agents.ui.config import UIConfig
+    from mindloop.graph import GraphConfig
+    from mindloop.trainer.run import TrainConfig
+
+    configs = (GraphConfig, SignalConfig, SurfaceConfig, ServeConfig, ObserveConfig, ComposeConfig, TrainConfig,
+               UIConfig, ModelConfig, SchedulerConfig)
+    missing = [f"{c.__name__}.{f.name}" for c in configs for f in dataclasses.fields(c) if not f.metadata.get("help")]
+    assert missing == []
