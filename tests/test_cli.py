@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -35,6 +37,47 @@ def test_help(words, capsys):
     assert out.startswith("usage: mindloop")
     if words in (["search"], ["log", "import"]):
         assert "--json" in out and "default" in out
+
+
+def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    """Every (words, parser) of the command line, subcommands declared as they are met."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                sub.format_help()  # declares its options
+                yield (*words, name), sub
+                yield from _commands(sub, (*words, name))
+
+
+def test_every_subcommand_has_a_help_test():
+    assert sorted([list(words) for words, _ in _commands(build_parser())]) == sorted(SUBCOMMANDS[1:])
+
+
+def test_no_help_names_a_default_twice():
+    """A generated flag's help is the field's help, then its default: the field's help must not name it too."""
+    twice = {f"{' '.join(words)} {'/'.join(a.option_strings)}": a.help for words, p in _commands(build_parser())
+             for a in p._actions if a.help and len(re.findall(r"\bdefault\b", a.help)) > 1}
+    assert twice == {}
+
+
+def test_generated_flags_carry_the_config_defaults():
+    """A flag left out is None, so config.toml and MINDLOOP_* decide; the help shows the dataclass default."""
+    from mindloop.agents.cycle.scheduler import SchedulerConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["daemon", "--interval", "5", "--min-flags", "3", "--no-generate"])
+    assert (args.interval_s, args.min_flags, args.generate) == (5.0, 3, False)
+    assert args.cooldown_s is None and args.idle_s is None and args.objective is None
+    daemon = " ".join(dict(_commands(parser))[("daemon",)].format_help().split())
+    assert f"(default {SchedulerConfig.cooldown_s:g})" in daemon and "--objective {sft,dpo,kto}" in daemon
+
+
+def test_help_does_not_declare_the_subcommands():
+    """`mindloop --help` lists the subcommands without declaring their options (nor importing their configs)."""
+    parser = build_parser()
+    parser.format_help()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert all(len(p._actions) == 1 for p in sub.choices.values())  # only -h so far
 
 
 def run(capsys, *argv):

@@ -46,15 +46,18 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Settings of a training run. Section ``[train]`` of config.toml; flags of ``mindloop train``."""
 
-    objective: str = field(default="sft", metadata={"help": "sft | dpo | kto"})
-    method: str = field(default="lora", metadata={"help": "lora (a PEFT adapter) | full (all weights)"})
+    objective: str = field(default="sft", metadata={"help": "sft | dpo | kto", "choices": OBJECTIVES})
+    method: str = field(default="lora", metadata={"help": "lora (a PEFT adapter) | full (all weights)",
+                                                   "choices": ("lora", "full")})
     optimizer: str = field(default="adamw", metadata={
-        "help": "adamw | apollo (needs the [apollo] extra; CC-BY-NC licence, never a default)"})
+        "choices": ("adamw", "apollo"),
+        "help": "adamw | apollo (needs the [apollo] extra; CC-BY-NC licence, so only when asked for)"})
     lr: float | None = field(default=None, metadata={"help": "learning rate; unset = 1e-4 for lora, 1e-5 for full"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
     context_frozen: bool = field(default=True, metadata={
         "help": "sft only: run the prompt without gradient and backpropagate through the response only"})
     context_dtype: str = field(default="auto", metadata={
+        "choices": CONTEXT_DTYPES,
         "help": "dtype of the context-frozen prompt pass: auto (bfloat16 for a float32 model on a CPU with native "
                 "bfloat16, else the model's) | model (exact) | bfloat16"})
     step_in_backward: bool = field(default=False, metadata={

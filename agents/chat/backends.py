@@ -66,7 +66,7 @@ class ModelConfig:
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={
         "help": "environment variable holding the upstream's API key (unset variable = no key)"})
     timeout_s: float = field(default=120.0, metadata={"help": "seconds to wait for an upstream reply; 0 = forever"})
-    max_tokens: int = field(default=256, metadata={"help": "default cap on generated tokens per reply"})
+    max_tokens: int = field(default=256, metadata={"help": "cap on generated tokens per reply when a request sets none"})
     temperature: float = field(default=0.0, metadata={"help": "default sampling temperature; 0 = greedy"})
     device: str = field(default="cpu", metadata={"help": "torch device of the local model (cpu, cuda, cuda:1)"})
 

@@ -63,12 +63,13 @@ class SchedulerConfig:
     backoff_s: float = field(default=60.0, metadata={
         "help": "first wait after the model backend failed; doubles up to an hour"})
     model: str = field(default="bundled", metadata={"help": "the model to train: 'bundled', an id or a path"})
-    method: str = field(default="lora", metadata={"help": "lora | full"})
+    method: str = field(default="lora", metadata={"help": "lora | full", "choices": ("lora", "full")})
     lr: float | None = field(default=None, metadata={
         "help": "a new pattern's first learning rate; unset = the trainer's (1e-4 for lora, 1e-5 for full)"})
     objective: str = field(default="dpo", metadata={
-        "help": "dpo (default: the accepted reply over the flagged one, on the pattern's preference pairs) | sft | "
-                "kto; see docs/observer.md for why"})
+        "choices": ("sft", "dpo", "kto"),
+        "help": "dpo (the accepted reply over the flagged one, on the pattern's preference pairs) | sft | kto; "
+                "see docs/observer.md for why"})
     batch_size: int = field(default=4, metadata={"help": "examples per step"})
     max_steps: int = field(default=-1, metadata={"help": "cap on training steps; -1 = one epoch"})
     probes: str = field(default="", metadata={

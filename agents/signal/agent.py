@@ -49,10 +49,12 @@ class SignalConfig:
         "help": "confidence from which a follow-up counts as a correction, in (0, 1); unset = the threshold "
                 "chosen when the detector was trained"})
     reader: str = field(default="bundled", metadata={
-        "help": "model that reads each follow-up in context for the detector: 'bundled' (SmolLM2-135M base, "
-                "default) or 'off' (rules, tf-idf and MiniLM only: less memory, lower precision and recall)"})
+        "choices": ("bundled", "off"),
+        "help": "model that reads each follow-up in context for the detector: 'bundled' (SmolLM2-135M base) "
+                "or 'off' (rules, tf-idf and MiniLM only: less memory, lower precision and recall)"})
     judge: str = field(default="off", metadata={
-        "help": "LLM judge as a third opinion: 'off' (default) or 'model' (the configured chat model)"})
+        "choices": ("off", "model"),
+        "help": "LLM judge as a third opinion: 'off' or 'model' (the configured chat model)"})
     auto_confirm_above: float | None = field(default=None, metadata={
         "help": "flags at or above this confidence are confirmed without review; unset = off"})
     window: int = field(default=6, metadata={"help": "turns of conversation shown before a flagged reply"})
