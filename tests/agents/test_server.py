@@ -96,7 +96,9 @@ BAD = [
     (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}', 400, "tools"),
     (b'{"messages": [{"role": "user", "content": "x"}], "colour": 1}', 400, "unknown parameter(s): colour"),
     (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', 400, "max_tokens must be a positive"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 1.5}', 400, "max_tokens must be a positive"),
     (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', 400, "temperature must be"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "'stream' must be true or false"),
     (b'{"messages": [{"role": "user", "content": "x"}], "user": 5}', 400, "'user' must be a non-empty string"),
     (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "lone surrogate"),
     (b"[1]", 400, "must be a JSON object"),
@@ -110,6 +112,25 @@ def test_bad_requests_get_openai_errors_and_log_nothing(server, graph, backend, 
     error = r.json()["error"]
     assert message in error["message"] and error["type"] == "invalid_request_error"
     assert graph.nodes(kind="turn") == [] and backend.calls == []
+
+
+def test_the_openapi_schema_is_the_request_model(server):
+    from mindloop.agents.chat.openai_schema import REFUSED, ChatCompletionRequest
+
+    doc = httpx.get(server.url + "/openapi.json").json()
+    post = doc["paths"]["/v1/chat/completions"]["post"]
+    schemas = doc["components"]["schemas"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"}
+    request = schemas["ChatCompletionRequest"]
+    assert set(request["properties"]) == set(ChatCompletionRequest.model_fields) and request["required"] == ["messages"]
+    assert not set(request["properties"]) & REFUSED  # refused parameters are not documented as accepted
+    assert request["properties"]["messages"]["items"] == {"$ref": "#/components/schemas/ChatMessage"}
+    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant"]
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletion"}
+    assert post["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"}
 
 
 def test_body_over_the_limit_is_413(server, graph):

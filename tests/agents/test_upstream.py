@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from mindloop.agents.chat.backends import BackendError, OpenAIBackend, ScriptedBackend
@@ -63,6 +63,26 @@ def test_api_key_is_sent(upstream, live_server, tmp_path):
     finally:
         loop.close()
         g.close()
+
+
+def test_the_key_goes_only_where_it_is_configured(live_server, monkeypatch):
+    """No key: no Authorization header at all (not $OPENAI_API_KEY behind the configured variable's back)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "not-for-this-upstream")
+    seen = []
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(request: Request):
+        seen.append(request.headers.get("authorization"))
+        chunk = '{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", ' \
+                '"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": null}]}'
+        return StreamingResponse(iter([f"data: {chunk}\n\n", "data: [DONE]\n\n"]), media_type="text/event-stream")
+
+    srv = live_server(app)
+    for key in (None, "k3y"):
+        with OpenAIBackend(srv.url + "/v1", "m", api_key=key) as backend:
+            assert backend.complete([{"role": "user", "content": "x"}]) == "ok"
+    assert seen == [None, "Bearer k3y"]
 
 
 def broken_app() -> FastAPI:
