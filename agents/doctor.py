@@ -176,7 +176,7 @@ def _integrity(path: Path) -> list[str]:
 
 def _check_graph_db(config, report: Report, repair: bool, stamp: str) -> bool:
     """Check graph.db (repairing it if asked); True when it is whole afterwards."""
-    from mindloop.graph.store import APPLICATION_ID
+    from mindloop.graph.schema import APPLICATION_ID
 
     db, chroma = config.db_path, config.chroma_path
     if not db.exists() or db.stat().st_size == 0:
@@ -225,7 +225,7 @@ def _check_fts(conn: sqlite3.Connection, db: Path, report: Report, repair: bool)
     FTS5's stricter check against the content table (``rank`` 1) cannot be
     used: it expects an entry for every row, the text-less ones included.
     """
-    from mindloop.graph.store import FTS_REBUILD
+    from mindloop.graph.schema import FTS_REBUILD
 
     missing = extra = 0
     columns = {r[1] for r in conn.execute("PRAGMA table_xinfo(nodes)")}

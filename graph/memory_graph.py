@@ -53,7 +53,8 @@ from mindloop.graph.records import (
     record_from_json,
 )
 from mindloop.graph.search import Hit, hybrid_search
-from mindloop.graph.store import Store, damaged_message
+from mindloop.graph.sqlite_errors import damaged_message
+from mindloop.graph.store import Store
 from mindloop.graph.view import GraphView
 from mindloop.graph.worker import EmbedWorker
 

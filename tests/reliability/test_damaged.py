@@ -37,7 +37,7 @@ import pytest
 from mindloop.agents.cli import main
 from mindloop.graph import Flag, GraphConfig, Memory, MemoryGraph, StoreCorrupt
 from mindloop.graph.index import ChromaIndex
-from mindloop.graph.store import SCHEMA_VERSION
+from mindloop.graph.schema import SCHEMA_VERSION
 from mindloop.trainer.checkpoints import Checkpoints
 from mindloop.trainer.errors import CheckpointError
 
