@@ -416,9 +416,14 @@ class Store:
         row = conn.execute("SELECT scope FROM edges WHERE src = ? AND dst = ? AND kind = ?", (src, dst, kind)).fetchone()
         if row is None:
             return False
-        conn.execute("DELETE FROM edges WHERE src = ? AND dst = ? AND kind = ?", (src, dst, kind))
-        self._history(conn, "edge-", src, kind, row[0], None, dst, None)
+        self.drop_edges(conn, [(src, dst, kind, row[0])])
         return True
+
+    def drop_edges(self, conn: sqlite3.Connection, edges: Sequence[tuple[str, str, str, str]]) -> None:
+        """Delete the stored edges ``(src, dst, kind, scope)`` inside the caller's transaction, each logged in the
+        history; queued edges are left to :meth:`settle` (``mindloop doctor`` drops edges of missing nodes)."""
+        conn.executemany("DELETE FROM edges WHERE src = ? AND dst = ? AND kind = ?", [e[:3] for e in edges])
+        self._history_many(conn, [("edge-", src, kind, scope, None, dst, None) for src, dst, kind, scope in edges])
 
     def edges_of(self, node_id: str, *, kinds: Iterable[str] | None = None, direction: str = "both") -> list[Edge]:
         self.settle()
@@ -541,6 +546,10 @@ class Store:
             for chunk in _chunks(list(ids), 500):
                 conn.execute(f"UPDATE nodes SET vec = 0 WHERE vec IS NOT NULL AND id IN ({','.join('?' * len(chunk))})",
                              chunk)
+
+    def indexed_ids(self, scope: str) -> set[str]:
+        """The nodes of ``scope`` whose vector is marked current in the index."""
+        return {r[0] for r in self.conn.execute("SELECT id FROM nodes WHERE scope = ? AND vec = 1", (scope,))}
 
     def embeddable_ids(self, scope: str) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT id FROM nodes WHERE scope = ? AND vec IS NOT NULL", (scope,))}
