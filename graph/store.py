@@ -1,25 +1,22 @@
 """The durable store: SQLite in WAL mode, the source of truth of the memory graph.
 
-Its tables, schema version and migrations are in graph/schema.py; the
-full-text queries in graph/fulltext.py; the background WAL checkpoint and
-sync threads in graph/wal.py; SQLite's errors, mapped to ours, in
-graph/sqlite_errors.py.
+Beside it: the tables and migrations (graph/schema.py), the full-text queries
+(graph/fulltext.py), the WAL checkpoint and sync threads (graph/wal.py), the
+per-thread connections (graph/connections.py), SQLite's errors as ours
+(graph/sqlite_errors.py).
 
 Every public write runs in one ``BEGIN IMMEDIATE`` transaction and returns
 after ``COMMIT``: a failed call leaves nothing behind. A write with
 ``sync=False`` (the agent loop's log step) returns before its commit is on
 the disk; a :class:`~mindloop.graph.wal.WalSyncer` thread fsyncs the WAL
-right away and :meth:`Store.sync` waits for it. Each thread gets its own
-connection. A write that fails because the disk is full, the file-size limit
-is reached or the device fails raises :class:`mindloop.graph.errors.DiskFull` (after
-rolling back); once space returns, the next write works.
-
-No commit checkpoints the WAL itself: SQLite's automatic checkpoint copies
-the WAL back into the database (and fsyncs both) inside whichever commit
-crosses 1,000 pages, which made that log write one of the slowest. A
-:class:`~mindloop.graph.wal.WalCheckpointer` thread does it after writes
-instead; the automatic checkpoint stays on, at ten times the size, as a
-backstop.
+right away and :meth:`Store.sync` waits for it. A write that fails because
+the disk is full, the file-size limit is reached or the device fails raises
+:class:`mindloop.graph.errors.DiskFull` (after rolling back); once space
+returns, the next write works. No commit checkpoints the WAL itself (SQLite's
+automatic checkpoint would, inside whichever commit crosses 1,000 pages,
+making that write one of the slowest): a
+:class:`~mindloop.graph.wal.WalCheckpointer` thread does it after writes,
+and the automatic checkpoint stays on, at ten times the size, as a backstop.
 
 Opening runs SQLite's ``quick_check`` so that a damaged file is reported at
 once, naming the file and the damage, instead of failing on whichever read
