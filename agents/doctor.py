@@ -4,39 +4,22 @@
     mindloop doctor --repair        # repair, then report each problem with what was done
     mindloop doctor --repair --json
 
-Checks, in order, each subsystem's own (the doctor runs them and reports):
+Each subsystem checks and repairs itself; the doctor runs them in order and
+reports what they found and did:
 
-- ``graph.db`` (:mod:`mindloop.graph.check`): missing or emptied beside the vectors of an earlier graph;
-  SQLite's ``integrity_check``; the FTS5 index against the nodes; edges
-  whose ends are missing (queued edges are not checked: settling drops
-  those).
-- ``chroma/`` (the vectors, derived from graph.db; :mod:`mindloop.graph.check`): torn HNSW segments; per
-  scope, vectors of nodes that are gone and indexed nodes without a vector.
-- ``checkpoints/`` (:mod:`mindloop.trainer.checkpoint_check`): each checkpoint's manifest and weight files (the
-  safetensors header against the file's size); unfinished saves
-  (``.tmp-*``); ``promoted.json`` and the checkpoint it names.
-- ``loop.db`` (LangGraph's checkpointer), when present: ``integrity_check`` (here, with the graph's
-  :func:`~mindloop.graph.check.check_sqlite_file`).
+- ``graph.db`` and the vectors in ``chroma/`` (derived from it):
+  :mod:`mindloop.graph.check`;
+- ``checkpoints/`` and ``promoted.json``: :mod:`mindloop.trainer.checkpoint_check`;
+- ``loop.db`` (LangGraph's checkpointer), when present: SQLite's
+  ``integrity_check``, and the same backup-and-recover as graph.db
+  (:func:`mindloop.graph.check.check_sqlite_file`).
 
-Repairs never delete the only copy of anything:
-
-- a damaged SQLite file (graph.db, loop.db) is copied to
-  ``<name>.damaged-<time>`` (with its ``-wal``) next to it, every row SQLite
-  can still read is copied into a fresh file, and that file replaces the
-  damaged one; unreadable rows are counted, not guessed;
-- FTS is rebuilt from the nodes; edges to missing nodes are removed;
-- vectors are reconciled with graph.db and re-embedded (they are derived);
-- a missing or emptied graph.db beside old vectors: ``chroma/`` is moved to
-  ``chroma.orphaned-<time>`` and a new graph starts;
-- a corrupt checkpoint is moved to ``checkpoints/.quarantine/<id>``; a
-  promoted pointer that names a bad or missing checkpoint is moved back to
-  the nearest whole ancestor, else the base model (recorded in the
-  checkpoints' history); an unreadable ``promoted.json`` is kept as
-  ``promoted.json.damaged-<time>``; unfinished saves are cleaned.
-
-Run it while no other mindloop process (serve, daemon, ui) uses the data
-directory: a repair that replaces graph.db refuses while embedded Chroma is
-held by another process.
+Repairs never delete the only copy of anything: a damaged SQLite file is
+kept as ``<name>.damaged-<time>`` beside the rows recovered from it, a
+corrupt checkpoint is quarantined, old vectors beside a lost graph.db are
+moved aside. Run it while no other mindloop process (serve, daemon, ui) uses
+the data directory: a repair that replaces graph.db refuses while embedded
+Chroma is held by another process.
 """
 
 from __future__ import annotations
@@ -47,7 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mindloop.graph.check import Findings, Problem
+from mindloop.graph import GraphConfig
+from mindloop.graph import check as graph_check
+from mindloop.graph.check import Findings, Problem, check_sqlite_file
+from mindloop.trainer import checkpoint_check
 
 __all__ = ["Problem", "Report", "doctor"]
 
@@ -104,10 +90,6 @@ def doctor(home: str | os.PathLike, *, repair: bool = False, config=None, embedd
     ``config`` is the :class:`graph.GraphConfig` to open the graph with
     (default: one for ``home``); ``embedder`` overrides the one it names.
     """
-    from mindloop.graph import GraphConfig
-    from mindloop.graph import check as graph_check
-    from mindloop.trainer import checkpoint_check
-
     home = Path(home)
     config = config or GraphConfig(home=home)
     report = Report(home=str(home), repaired=repair)
@@ -125,7 +107,5 @@ def doctor(home: str | os.PathLike, *, repair: bool = False, config=None, embedd
 def _check_loop_db(path: Path, report: Report, repair: bool, stamp: str) -> None:
     """LangGraph's checkpointer, when present: SQLite's integrity check, and the same backup-and-recover as
     graph.db (every table its own schema names)."""
-    from mindloop.graph.check import check_sqlite_file
-
     if path.exists():
         check_sqlite_file(path, "loop.db", report, repair=repair, stamp=stamp)

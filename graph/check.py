@@ -36,7 +36,10 @@ from typing import Callable
 
 from mindloop.graph import schema
 from mindloop.graph.config import GraphConfig
-from mindloop.graph.embed import Embedder
+from mindloop.graph.embed import Embedder, make_embedder
+from mindloop.graph.errors import IndexUnavailable
+from mindloop.graph.index import ChromaIndex, damaged_segments
+from mindloop.graph.memory_graph import MemoryGraph, graph_lost
 from mindloop.graph.records import record_from_json
 from mindloop.graph.salvage import Copy, copy_tables, integrity, readable_rows, salvage
 from mindloop.graph.store import Store
@@ -110,8 +113,6 @@ def _run(config: GraphConfig, findings: Findings, *, repair: bool, stamp: str, e
 
 def _check_graph_db(config: GraphConfig, findings: Findings, repair: bool, stamp: str) -> bool:
     """Check graph.db (repairing it if asked); True when it is whole afterwards."""
-    from mindloop.graph.memory_graph import graph_lost
-
     db, chroma = config.db_path, config.chroma_path
     if not db.exists() or db.stat().st_size == 0:
         lost = graph_lost(config)
@@ -310,11 +311,6 @@ def _chroma_in_use(config: GraphConfig) -> bool:
 
 def _check_vectors(config: GraphConfig, findings: Findings, repair: bool, embedder: Embedder | None,
                    flush_timeout_s: float) -> None:
-    from mindloop.graph.embed import make_embedder
-    from mindloop.graph.errors import IndexUnavailable
-    from mindloop.graph.index import ChromaIndex, damaged_segments
-    from mindloop.graph.memory_graph import MemoryGraph
-
     root = config.chroma_path
     if not config.chroma_url:
         if _chroma_in_use(config):
