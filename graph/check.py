@@ -246,8 +246,8 @@ def _copy_graph(src: sqlite3.Connection, fresh: Path, counts: dict[str, int]) ->
             rec = dict(zip(cols, row))
             try:
                 data = json.loads(rec["data"])
-                if rec["kind"] in ("turn", "memory"):
-                    data["text"] = rec["text"]
+                if rec["kind"] in schema.TEXT_FIELD:
+                    data[schema.TEXT_FIELD[rec["kind"]]] = rec["text"]
                 record_from_json(data)
                 if not isinstance(rec["id"], str) or not isinstance(rec["scope"], str):
                     raise TypeError("id and scope must be text")

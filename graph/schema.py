@@ -38,7 +38,7 @@ from __future__ import annotations
 import sqlite3
 
 __all__ = ["APPLICATION_ID", "EDGE_COLUMNS", "FTS_REBUILD", "HISTORY_COLUMNS", "NODE_COLUMNS", "SCHEMA_VERSION",
-           "create", "foreign_application_id"]
+           "TEXT_FIELD", "create", "foreign_application_id"]
 
 APPLICATION_ID = 0x4D4C4F50  # "MLOP"
 SCHEMA_VERSION = 4
@@ -151,6 +151,8 @@ END;
 NODE_COLUMNS = ("id", "kind", "scope", "session", "pos", "created", "updated", "text", "data", "vec", "rev")
 EDGE_COLUMNS = ("src", "dst", "kind", "scope", "created", "data")
 HISTORY_COLUMNS = ("seq", "at", "op", "node", "kind", "scope", "session", "dst", "payload")
+# The record field of these kinds that lives in ``nodes.text`` instead of in ``nodes.data``.
+TEXT_FIELD = {"turn": "text", "memory": "text"}
 
 
 def foreign_application_id(conn: sqlite3.Connection) -> int | None:

@@ -48,9 +48,6 @@ __all__ = ["Store"]
 
 log = logging.getLogger(__name__)
 
-# Fields of these kinds that live in the ``text`` column instead of ``data``.
-_TEXT_FIELD = {"turn": "text", "memory": "text"}
-
 _NODE_COLUMNS = (*schema.NODE_COLUMNS, "fts")
 _INSERT_NODE = f"INTO nodes ({', '.join(_NODE_COLUMNS)}) VALUES ({', '.join('?' * len(_NODE_COLUMNS))})"
 _INSERT_HISTORY = (f"INSERT INTO history ({', '.join(schema.HISTORY_COLUMNS[1:])}) "
@@ -68,6 +65,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.d
 
 def _dumps(value: Any) -> str:
     return _ENCODER.encode(value)
+
 
 class Store:
     """SQLite store of nodes, edges and their history (one file, WAL mode)."""
@@ -227,7 +225,7 @@ class Store:
         """The ``nodes`` row of ``node`` and its history payload (the whole record, text included)."""
         data = node.to_json()
         payload = _dumps(data)
-        field = _TEXT_FIELD.get(node.kind)
+        field = schema.TEXT_FIELD.get(node.kind)
         if field:
             data.pop(field, None)
         row = (node.id, node.kind, node.scope, node.session, pos, node.created, time.time(), text, _dumps(data),
@@ -236,7 +234,7 @@ class Store:
 
     def update_node(self, conn: sqlite3.Connection, node: Node, *, text: str | None) -> None:
         data = node.to_json()
-        field = _TEXT_FIELD.get(node.kind)
+        field = schema.TEXT_FIELD.get(node.kind)
         if field:
             data.pop(field, None)
         row = conn.execute("SELECT text, scope, kind FROM nodes WHERE id = ?", (node.id,)).fetchone()
@@ -256,7 +254,7 @@ class Store:
     def _row_to_node(self, row: sqlite3.Row | tuple) -> Node:
         kind, text, data = row
         record = json.loads(data)
-        field = _TEXT_FIELD.get(kind)
+        field = schema.TEXT_FIELD.get(kind)
         if field:
             record[field] = text
         return record_from_json(record)
