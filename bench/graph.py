@@ -310,7 +310,7 @@ def _breakdown(graph: MemoryGraph, model, coll, qs: Sequence[str]) -> dict[str, 
 def _bm25_kept(graph: MemoryGraph, q: str, ids: Sequence[str], full: Sequence[tuple[str, float]]) -> float:
     """How much of the unbounded top's BM25 (every query word ORed) the bounded lexical top keeps: the sum of
     the bounded hits' unbounded scores over the sum of the unbounded hits' scores (1.0 = as good)."""
-    from mindloop.graph.store import fts_query
+    from mindloop.graph.fulltext import fts_query
 
     best = sum(s for _, s in full)
     if not best:

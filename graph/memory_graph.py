@@ -53,11 +53,12 @@ from mindloop.graph.records import (
     record_from_json,
 )
 from mindloop.graph.search import Hit, hybrid_search
-from mindloop.graph.store import Store, damaged_message
+from mindloop.graph.sqlite_errors import damaged_message
+from mindloop.graph.store import Store
 from mindloop.graph.view import GraphView
 from mindloop.graph.worker import EmbedWorker
 
-__all__ = ["MemoryGraph", "session_id", "turn_id"]
+__all__ = ["MemoryGraph", "graph_lost", "session_id", "turn_id"]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ def _close_open_graphs() -> None:
 EXPORT_FORMAT = "mindloop-graph/1"
 
 
-def _check_not_lost(config: GraphConfig) -> None:
-    """Refuse to start a new, empty graph.db beside the vectors of an earlier one.
+def graph_lost(config: GraphConfig) -> str | None:
+    """How graph.db was lost beside the vectors of an earlier graph (``missing``, ``empty (0 bytes)``), or None.
 
     SQLite takes a missing or empty file for a new database; if ``chroma/``
     already holds vectors, graph.db was deleted or truncated, and opening
@@ -87,13 +88,21 @@ def _check_not_lost(config: GraphConfig) -> None:
     """
     db, chroma = config.db_path, config.chroma_path
     if config.chroma_url or (db.exists() and db.stat().st_size > 0):
-        return
+        return None
     wal = db.with_name(db.name + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
-        return  # the pages are in the WAL, not yet checkpointed into the file
+        return None  # the pages are in the WAL, not yet checkpointed into the file
     if not (chroma / "chroma.sqlite3").exists() or not any(p.is_dir() for p in chroma.iterdir()):
-        return  # no vectors were ever persisted: nothing points at an earlier graph
-    state = "empty (0 bytes)" if db.exists() else "missing"
+        return None  # no vectors were ever persisted: nothing points at an earlier graph
+    return "empty (0 bytes)" if db.exists() else "missing"
+
+
+def _check_not_lost(config: GraphConfig) -> None:
+    """Refuse to start a new, empty graph.db beside the vectors of an earlier one (:func:`graph_lost`)."""
+    state = graph_lost(config)
+    if state is None:
+        return
+    db, chroma = config.db_path, config.chroma_path
     raise StoreCorrupt(
         f"{db} is {state}, but {chroma} holds the vectors of an earlier graph: graph.db was deleted or truncated. "
         f"Restore graph.db from a backup, or run `mindloop doctor --repair` to start a new graph here "

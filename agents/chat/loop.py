@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence, TypedDict
 from mindloop.agents.chat.backends import BackendError, ChatBackend
 from mindloop.agents.chat.surface import Surfaced, Surfacer, with_memories
 from mindloop.graph import MemoryGraph, Turn
-from mindloop.graph.store import BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer
+from mindloop.graph.wal import BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
 __all__ = ["ChatLoop", "TurnResult", "open_checkpointer"]
 

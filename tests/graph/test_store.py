@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from mindloop.graph import DiskFull, GraphConfig, HashingEmbedder, Memory, MemoryGraph, Store, StoreCorrupt
-from mindloop.graph.store import SCHEMA_VERSION, bounded_query, fts_query
+from mindloop.graph.fulltext import bounded_query, fts_query
+from mindloop.graph.schema import SCHEMA_VERSION
 
 
 def test_garbage_file_is_reported_by_name(tmp_path):

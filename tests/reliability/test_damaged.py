@@ -37,7 +37,7 @@ import pytest
 from mindloop.agents.cli import main
 from mindloop.graph import Flag, GraphConfig, Memory, MemoryGraph, StoreCorrupt
 from mindloop.graph.index import ChromaIndex
-from mindloop.graph.store import SCHEMA_VERSION
+from mindloop.graph.schema import SCHEMA_VERSION
 from mindloop.trainer.checkpoints import Checkpoints
 from mindloop.trainer.errors import CheckpointError
 
@@ -291,6 +291,11 @@ def test_edges_to_missing_nodes_are_removed(home, capsys, figures):
     assert code == 1 and "7 edge(s) point at missing nodes" in report["problems"][0]["problem"]
     code, report = _doctor(capsys, "--repair")
     assert code == 0 and report["healthy"]
+    conn = sqlite3.connect(home / "graph.db")
+    logged = conn.execute("SELECT op, node, kind, scope, session, dst, payload FROM history "
+                          "WHERE node LIKE 'memory_ghost%' ORDER BY seq").fetchall()
+    conn.close()
+    assert logged == [("edge-", f"memory_ghost{i}", "surfaced", "alice", None, f"turn_ghost{i}", None) for i in range(7)]
     assert _check_whole(home) == before
     figures.record("edges to missing nodes", 7, "removed; nothing else changed")
 
