@@ -207,6 +207,8 @@ class MiniLMEmbedder(Embedder):
         return prepare(list(texts))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
         if len(texts) == 1 and self._direct:
             from sentence_transformers.util import batch_to_device

@@ -389,8 +389,7 @@ def test_a_program_that_exits_without_closing_its_graph_exits_cleanly(tmp_path):
     connection under it (a segfault), and embedded Chroma, never closed, was rebuilt at the next open."""
     import subprocess
 
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
-              "from graph import GraphConfig, HashingEmbedder, MemoryGraph\n"
+    script = ("from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph\n"
               f"g = MemoryGraph.open(GraphConfig(home={str(tmp_path)!r}), embedder=HashingEmbedder())\n"
               "print(g.log_turn('s', 'user', 'rename foo to bar').id)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
