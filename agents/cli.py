@@ -534,7 +534,7 @@ def _cmd_serve(args) -> int:
 
 
 def _scheduler(args, g, *, say=None):
-    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle.gate import ObserveConfig
     from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig
     from mindloop.graph import load_config
 
@@ -591,7 +591,7 @@ def _sigterm_closes() -> None:
 
 
 def _cmd_observe(args) -> int:
-    from mindloop.agents.cycle import observe as ob
+    from mindloop.agents import cycle as ob
     from mindloop.trainer.checkpoints import Checkpoints
 
     from mindloop.graph import load_config
@@ -658,7 +658,7 @@ def _format_assessment(c: dict) -> str:
 
 
 def _cmd_report(args) -> int:
-    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle.gate import ObserveConfig
     from mindloop.agents.report import write_report
     from mindloop.graph import load_config
     from mindloop.trainer.checkpoints import Checkpoints
@@ -676,8 +676,8 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from mindloop.agents.cycle import observe as ob
-    from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig, readiness
+    from mindloop.agents import cycle as ob
+    from mindloop.agents.cycle import Scheduler, SchedulerConfig, readiness
     from mindloop.trainer.checkpoints import Checkpoints
 
     from mindloop.graph import load_config
@@ -979,7 +979,7 @@ def _cmd_train(args) -> int:
             rows = read_dataset(args.dataset, cfg.objective)
         tags = None
         if args.pattern:
-            from mindloop.agents.cycle.scheduler import confirmed_flags
+            from mindloop.agents.signal.patterns import confirmed_flag_ids as confirmed_flags
 
             tags = {"pattern": pattern.id, "accept_examples": sum(e.example_kind == "accept" for e in train_ex),
                     "flags": confirmed_flags(g, pattern.id)}
@@ -1059,7 +1059,7 @@ def _cmd_checkpoints(args) -> int:
         _print(args, m, f"{m['id']} ({m['kind']}, base {m.get('base_model')}, parent {m.get('parent') or 'base'}, "
                         f"run {m.get('run')})\n" + format_comparison(metrics.get("before"), metrics.get("after")))
         return 0
-    from mindloop.agents.cycle.observe import promote, rollback
+    from mindloop.agents.cycle.promotion import promote, rollback
 
     with _open_graph(args) as g:
         if action == "promote":

@@ -195,7 +195,7 @@ def _watch(rep: dict[str, Any]) -> str:
 def html_report(graph: MemoryGraph, store, *, scope: str | None = None, observe_config=None,
                 traffic: dict[str, dict[str, Any]] | None = None, title: str = "mindloop report") -> str:
     """The report as one HTML string. ``traffic``: ``{model: {"failed": {kind: n}, "total": {kind: n}}}``."""
-    from mindloop.agents.cycle.observe import report as observe_report
+    from mindloop.agents.cycle.watch import report as observe_report
 
     home = Path(graph.config.home)
     stats = graph.stats()
