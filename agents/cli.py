@@ -677,7 +677,8 @@ def _cmd_report(args) -> int:
 
 def _cmd_status(args) -> int:
     from mindloop.agents import cycle as ob
-    from mindloop.agents.cycle import Scheduler, SchedulerConfig, readiness
+    from mindloop.agents.cycle import Scheduler, SchedulerConfig
+    from mindloop.agents.cycle.service import readiness_json as readiness
     from mindloop.trainer.checkpoints import Checkpoints
 
     from mindloop.graph import load_config

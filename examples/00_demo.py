@@ -240,8 +240,8 @@ def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
         console.print("traffic on the base model first, so the watch has something to compare with:")
         _replay(loop, "base")
         for r in readiness(graph, cfg)[:3]:
-            console.print(f"  {'RIPE' if r['ripe'] else 'wait'} {r['name'][:40]!r}: {r['confirmed']} confirmed, "
-                          f"{r['untrained']} untrained" + (f" ({'; '.join(r['waiting_for'])})" if r["waiting_for"] else ""))
+            console.print(f"  {'RIPE' if r.ripe else 'wait'} {r.name[:40]!r}: {r.confirmed} confirmed, "
+                          f"{r.untrained} untrained" + (f" ({'; '.join(r.waiting_for)})" if r.waiting_for else ""))
         console.print("[bold]scheduler tick[/] (what `mindloop daemon` does every minute):")
         scheduler = Scheduler(graph, cfg, observe=observe, backend=backend, detector=agent.detector,
                               say=lambda m: console.print(f"  [cyan]scheduler:[/] {m}"))

@@ -54,9 +54,9 @@ def show_readiness(graph, cfg) -> None:
     from mindloop.agents.cycle.service import readiness
 
     for r in readiness(graph, cfg):
-        console.print(f"  {'RIPE' if r['ripe'] else 'wait'} {r['pattern']} {r['name'][:40]!r}: {r['confirmed']} "
-                      f"confirmed, {r['untrained']} untrained" + (f"; waiting for {'; '.join(r['waiting_for'])}"
-                                                                  if r["waiting_for"] else ""), markup=False)
+        console.print(f"  {'RIPE' if r.ripe else 'wait'} {r.pattern} {r.name[:40]!r}: {r.confirmed} "
+                      f"confirmed, {r.untrained} untrained" + (f"; waiting for {'; '.join(r.waiting_for)}"
+                                                                  if r.waiting_for else ""), markup=False)
 
 
 def scheduler_config(home, model: str, args):

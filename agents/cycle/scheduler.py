@@ -224,16 +224,16 @@ class Scheduler:
         if verdict.get("rolled_back"):
             self.say(f"watch: rolled back {verdict['id']} (alert {verdict['alert']})")
         ready = readiness(self.graph, self.config, scope=self.scope)
-        ripe = [r for r in ready if r["ripe"]]
+        ripe = [r for r in ready if r.ripe]
         if not ripe:
-            note = "; ".join(f"{r['pattern']}: {', '.join(r['waiting_for'])}" for r in ready[:3]) or "no patterns"
+            note = "; ".join(f"{r.pattern}: {', '.join(r.waiting_for)}" for r in ready[:3]) or "no patterns"
             return {"stop": True, "note": f"nothing ripe ({note})", "retry_at": None}
         pick = ripe[0]
         run_id = f"run_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
-        self.say(f"pattern {pick['pattern']} ({pick['name']}) is ripe: {pick['untrained']} confirmed untrained "
+        self.say(f"pattern {pick.pattern} ({pick.name}) is ripe: {pick.untrained} confirmed untrained "
                  f"flags; run {run_id}")
         _kill_point("wait")
-        return {"phase": "compose", "pattern": pick["pattern"], "run_id": run_id, "checkpoint": None,
+        return {"phase": "compose", "pattern": pick.pattern, "run_id": run_id, "checkpoint": None,
                 "error": None, "note": "ripe"}
 
     def _compose(self, state: State) -> dict[str, Any]:

@@ -14,7 +14,7 @@ re-deriving the same facts.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from mindloop.agents.cycle.gate import ObserveConfig
@@ -27,7 +27,7 @@ from mindloop.graph import Example, MemoryGraph, Pattern
 if TYPE_CHECKING:
     from mindloop.agents.cycle.scheduler import SchedulerConfig
 
-__all__ = ["TrainingJob", "readiness", "status", "training_job", "untrained_flags"]
+__all__ = ["Readiness", "TrainingJob", "readiness", "readiness_json", "status", "training_job", "untrained_flags"]
 
 
 def untrained_flags(graph: MemoryGraph, pattern: Pattern, statuses: dict[str, str]) -> list[str]:
@@ -40,8 +40,29 @@ def untrained_flags(graph: MemoryGraph, pattern: Pattern, statuses: dict[str, st
     return sorted(set(confirmed_flag_ids(graph, pattern.id)) - covered)
 
 
+@dataclass
+class Readiness:
+    """One pattern's readiness: its flags (all, confirmed, confirmed and untrained), the cooldown left, whether
+    it is ``ripe`` and else what it is ``waiting_for``, its next run's plan settings and their adjustments."""
+
+    pattern: str
+    name: str
+    flags: int
+    confirmed: int
+    untrained: int
+    cooldown_left_s: int
+    ripe: bool
+    waiting_for: list[str]
+    plan: dict[str, Any]
+    adjustments: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as ``mindloop status --json`` prints it."""
+        return asdict(self)
+
+
 def readiness(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None = None,
-              now: float | None = None) -> list[dict[str, Any]]:
+              now: float | None = None) -> list[Readiness]:
     """Every open pattern with its confirmed and untrained flags, cooldown left and whether it is ripe; ripe first.
 
     A pattern is *ripe* when it has at least ``min_flags`` confirmed flags that
@@ -73,10 +94,15 @@ def readiness(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None 
         if alerts:
             why.append(f"{len(alerts)} open alert(s)")
         plan = plan_for(p, config.method, config.lr)
-        out.append({"pattern": p.id, "name": p.name, "flags": len(flags), "confirmed": len(confirmed),
-                    "untrained": len(untrained), "cooldown_left_s": round(cooldown_left), "ripe": not why,
-                    "waiting_for": why, "plan": plan.settings(), "adjustments": plan.history})
-    return sorted(out, key=lambda r: (not r["ripe"], -r["untrained"]))
+        out.append(Readiness(p.id, p.name, len(flags), len(confirmed), len(untrained), round(cooldown_left),
+                             not why, why, plan.settings(), plan.history))
+    return sorted(out, key=lambda r: (not r.ripe, -r.untrained))
+
+
+def readiness_json(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None = None,
+                   now: float | None = None) -> list[dict[str, Any]]:
+    """:func:`readiness` as JSON rows (what ``mindloop status --json`` prints under ``patterns``)."""
+    return [r.to_json() for r in readiness(graph, config, scope=scope, now=now)]
 
 
 def status(graph: MemoryGraph, config: SchedulerConfig, observe: ObserveConfig, *,
@@ -87,7 +113,7 @@ def status(graph: MemoryGraph, config: SchedulerConfig, observe: ObserveConfig, 
     from mindloop.agents.cycle.scheduler import Scheduler
 
     store = checkpoints_of(graph)
-    ready = readiness(graph, config, scope=scope)
+    ready = readiness_json(graph, config, scope=scope)
     scheduler = Scheduler(graph, config, observe=observe, scope=scope)
     try:
         sched = scheduler.state()

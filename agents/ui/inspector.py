@@ -243,7 +243,7 @@ class Inspector:
             if e.split == "train" and not self.graph.edges(e.id, kinds=["trained_on"], direction="in"):  # type: ignore
                 examples[e.pattern] += 1  # type: ignore[attr-defined]
         scheduler = self.scheduler_config()
-        rows = {r["pattern"]: r for r in readiness(self.graph, scheduler, scope=self.scope, now=now)}
+        rows = {r.pattern: r for r in readiness(self.graph, scheduler, scope=self.scope, now=now)}
         open_alerts = sum(1 for a in self.graph.nodes(kind="alert", scope=self.scope)
                           if a.status == "open")  # type: ignore[attr-defined]
         out = []
@@ -255,13 +255,13 @@ class Inspector:
             mine = runs.get(p.id, [])
             row = rows.get(p.id)
             d["readiness"] = {
-                "ready": bool(row and row["ripe"]),
-                "waiting_for": list(row["waiting_for"]) if row else [f"the pattern is {p.status}"],  # type: ignore
-                "confirmed": row["confirmed"] if row else d["by_status"].get("confirmed", 0),
-                "needed": scheduler.min_flags, "untrained_flags": row["untrained"] if row else None,
+                "ready": bool(row and row.ripe),
+                "waiting_for": list(row.waiting_for) if row else [f"the pattern is {p.status}"],  # type: ignore
+                "confirmed": row.confirmed if row else d["by_status"].get("confirmed", 0),
+                "needed": scheduler.min_flags, "untrained_flags": row.untrained if row else None,
                 "untrained_examples": examples[p.id], "last_run": max((r.created for r in mine), default=None),
-                "cooldown_left_s": row["cooldown_left_s"] if row else 0.0, "open_alerts": open_alerts,
-                "plan": row["plan"] if row else None, "source": "scheduler"}
+                "cooldown_left_s": row.cooldown_left_s if row else 0.0, "open_alerts": open_alerts,
+                "plan": row.plan if row else None, "source": "scheduler"}
             d["timeline"] = self._timeline(members, history, {r.id for r in mine})
             d["runs"] = [r.id for r in sorted(mine, key=lambda r: r.created)]
             out.append(d)

@@ -50,10 +50,10 @@ def _config(tiny_lm, **kw):
 def test_readiness_names_what_a_pattern_waits_for(graph, tiny_lm):
     p = _fill(graph, n_flags=2)
     (r,) = readiness(graph, _config(tiny_lm, min_flags=3, idle_s=7200))
-    assert r["pattern"] == p.id and not r["ripe"] and r["confirmed"] == 2
-    assert any("2/3 confirmed" in w for w in r["waiting_for"]) and any("chat active" in w for w in r["waiting_for"])
+    assert r.pattern == p.id and not r.ripe and r.confirmed == 2
+    assert any("2/3 confirmed" in w for w in r.waiting_for) and any("chat active" in w for w in r.waiting_for)
     (r,) = readiness(graph, _config(tiny_lm, min_flags=2, idle_s=0))
-    assert r["ripe"] and r["waiting_for"] == []
+    assert r.ripe and r.waiting_for == []
 
 
 def test_a_ripe_pattern_runs_the_whole_cycle_and_is_then_covered(graph, tiny_lm, home):
@@ -71,7 +71,7 @@ def test_a_ripe_pattern_runs_the_whole_cycle_and_is_then_covered(graph, tiny_lm,
         assert any(m.startswith("promoted") for m in said) and any(m.startswith("gate ok") for m in said)
         # the flags it trained on are covered by a kept checkpoint: the pattern is no longer ripe
         (r,) = readiness(graph, _config(tiny_lm))
-        assert r["untrained"] == 0 and not r["ripe"]
+        assert r.untrained == 0 and not r.ripe
         # still watching (no turns since the promotion): a second tick waits in 'watch' and starts nothing
         again = s.tick()
         assert again["phase"] == "watch" and "watching" in again["note"]
@@ -95,7 +95,7 @@ def test_a_candidate_that_moved_too_little_is_rejected_and_the_next_run_grows(gr
     assert state["last"]["plan"]["lr"] == pytest.approx(2e-4)
     # the rejected run's examples are not in the model in use: the pattern is ripe again, with the grown plan
     (r,) = readiness(graph, _config(tiny_lm))
-    assert r["ripe"] and r["untrained"] == 4 and r["plan"]["lr"] == pytest.approx(2e-4)
+    assert r.ripe and r.untrained == 4 and r.plan["lr"] == pytest.approx(2e-4)
 
 
 def test_a_failed_run_returns_to_waiting_with_the_failure_recorded(graph, tiny_lm, home):

@@ -125,9 +125,9 @@ def test_readiness_is_the_schedulers_rule_with_its_settings(demo):
     assert (data["min_flags"], data["cooldown_s"]) == (2, 0)
     assert r["source"] == "scheduler" and r["needed"] == 2 and r["confirmed"] >= 2
     assert r["ready"] is False and r["waiting_for"] == ["1 open alert(s)"]  # the demo's alert is still open
-    (row,) = [row for row in readiness(g, config) if row["pattern"] == facts["pattern"]]
+    (row,) = [row for row in readiness(g, config) if row.pattern == facts["pattern"]]
     assert (r["ready"], r["waiting_for"], r["confirmed"], r["untrained_flags"], r["plan"]) == (
-        row["ripe"], row["waiting_for"], row["confirmed"], row["untrained"], row["plan"])
+        row.ripe, row.waiting_for, row.confirmed, row.untrained, row.plan)
 
 
 @pytest.mark.parametrize("key, replacement", [("ripe_flags", "[scheduler] min_flags"),
