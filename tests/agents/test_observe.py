@@ -272,3 +272,57 @@ def test_an_open_alert_on_the_checkpoint_in_use_stays_open(graph, home):
     alert = graph.add(Alert(checkpoint="ckpt_a", reason="look at this", status="open", details={"kind": "watch"}))
     watch(graph, store)
     assert [a.id for a in open_alerts(graph)] == [alert.id]
+
+
+def test_a_checkpoints_status_is_the_historys_even_when_a_kill_left_the_graph_behind(graph, home):
+    from mindloop.agents.cycle.promotion import checkpoint_status
+    from mindloop.agents.ui.inspector import Inspector
+
+    store = Checkpoints(home / "checkpoints")
+    fake_checkpoint(store.root, "ckpt_a", metrics={"before": metrics(), "after": metrics(target=0.3)})
+    graph.add(Checkpoint(id="ckpt_a", path=str(store.root / "ckpt_a"), status="candidate"))
+    store.promote("ckpt_a", reason="killed before the graph was written")  # the pointer moved, the node did not
+    assert graph.get("ckpt_a").status == "candidate" and checkpoint_status(graph, store, "ckpt_a") == "promoted"
+    store.rollback(reason="again killed before the graph was written")
+    assert checkpoint_status(graph, store, "ckpt_a") == "rolled_back"
+    (item,) = Inspector(graph, checkpoints=store).checkpoint_list()["checkpoints"]
+    assert item["status"] == "rolled_back" and not item["in_use"]
+    assert watch(graph, store, act=False)["verdict"] == "nothing to watch"
+    # what the history never named keeps the graph's own status
+    fake_checkpoint(store.root, "ckpt_b", metrics={"before": metrics(), "after": metrics(ppl=11.0)})
+    graph.add(Checkpoint(id="ckpt_b", path=str(store.root / "ckpt_b"), status="candidate"))
+    gate_checkpoint(graph, store, "ckpt_b")
+    assert checkpoint_status(graph, store, "ckpt_b") == "rejected" and checkpoint_status(graph, store, "nope") is None
+
+
+def test_a_patterns_training_job_is_its_untrained_train_split_with_the_newest_accept_examples(graph):
+    from mindloop.agents.cycle.service import training_job
+    from mindloop.graph import Example
+
+    p = add_pattern(graph)
+    prompt = [{"role": "user", "content": "rename it"}]
+
+    def example(i, kind="accept", split="train"):
+        e = Example(pattern=p.id, example_kind=kind, split=split, prompt=prompt, completion=f"done {i}",
+                    rejected="you could rename it", created=1000.0 + i)
+        graph.add(e)
+        return e
+
+    accept = [example(i) for i in range(4)]
+    pushback = example(10, "pushback")
+    heldout = example(20, split="heldout")
+    graph.add(Example(pattern="another", prompt=prompt, completion="not this pattern"))
+    job = training_job(graph, p)
+    assert set(job.example_ids) == {e.id for e in [*accept, pushback]} and job.heldout == [heldout]
+    assert job.tags() == {"pattern": p.id, "accept_examples": 4, "flags": []}
+    capped = training_job(graph, p, max_examples=2, flags=["flag_x"])
+    assert set(capped.example_ids) == {accept[3].id, accept[2].id, pushback.id}  # the two newest accept examples
+    assert capped.tags() == {"pattern": p.id, "accept_examples": 2, "flags": ["flag_x"]}
+    assert len(capped.rows("sft")) == 3 and [pr.kind for pr in capped.probes([])] == ["target"]
+    from mindloop.graph import Run
+
+    run = Run(id="run_x", status="finished")
+    graph.add(run)
+    graph.link(run.id, accept[0].id, "trained_on")
+    assert accept[0].id not in training_job(graph, p).example_ids
+    assert accept[0].id in training_job(graph, p, include_trained=True).example_ids
