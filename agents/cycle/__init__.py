@@ -21,6 +21,6 @@ from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig
 from mindloop.agents.cycle.service import Readiness, TrainingJob, readiness, status, training_job
 from mindloop.agents.cycle.watch import open_alerts, report, watch
 
-__all__ = ["GateResult", "ObserveConfig", "Plan", "Readiness", "Scheduler", "SchedulerConfig", "TrainingJob", "checkpoint_status",
-           "gate", "gate_checkpoint", "grow_plan", "in_use", "open_alerts", "plan_for", "promote", "readiness",
-           "report", "rollback", "shrink_plan", "status", "training_job", "watch"]
+__all__ = ["GateResult", "ObserveConfig", "Plan", "Readiness", "Scheduler", "SchedulerConfig", "TrainingJob",
+           "checkpoint_status", "gate", "gate_checkpoint", "grow_plan", "in_use", "open_alerts", "plan_for", "promote",
+           "readiness", "report", "rollback", "shrink_plan", "status", "training_job", "watch"]

@@ -30,7 +30,11 @@ MAX_EXAMPLES = 50
 @dataclass
 class Plan:
     """A pattern's next run: ``max_examples`` (accept examples; None = all), ``lr``, ``general_ratio``,
-    ``reuse`` (train again on examples of a rejected run) and ``history`` (each adjustment, with why)."""
+    ``reuse`` (train again on examples of a rejected run) and ``history`` (each adjustment, with why).
+
+    >>> Plan(max_examples=None, lr=1e-4, general_ratio=0.25).settings()
+    {'max_examples': None, 'lr': 0.0001, 'general_ratio': 0.25}
+    """
 
     max_examples: int | None
     lr: float

@@ -32,7 +32,7 @@ __all__ = ["Readiness", "TrainingJob", "readiness", "readiness_json", "status", 
 
 def untrained_flags(graph: MemoryGraph, pattern: Pattern, statuses: dict[str, str]) -> list[str]:
     """The pattern's confirmed flags that no promoted (kept) checkpoint was trained for (its manifest's
-    ``flags``), by id; ``statuses`` are the checkpoints' (:func:`~mindloop.agents.cycle.promotion.checkpoint_statuses`)."""
+    ``flags``), by id; ``statuses``: :func:`~mindloop.agents.cycle.promotion.checkpoint_statuses`."""
     covered: set[str] = set()
     for c in graph.nodes(kind="checkpoint", scope=pattern.scope):
         if statuses.get(c.id, c.status) == "promoted" and c.manifest.get("pattern") == pattern.id:  # type: ignore

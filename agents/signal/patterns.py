@@ -36,8 +36,8 @@ from mindloop.agents.signal.rules import FAMILIES, apply_rules
 from mindloop.graph import Embedder, Flag, MemoryGraph, NodeNotFound, Pattern
 from mindloop.graph.records import FlagType
 
-__all__ = ["confirmed_flag_ids", "confirmed_flags", "describe", "flag_vectors", "join_pattern", "model_namer", "pattern_name",
-           "pattern_flags", "resolve_pattern", "update_patterns"]
+__all__ = ["confirmed_flag_ids", "confirmed_flags", "describe", "flag_vectors", "join_pattern", "model_namer",
+           "pattern_name", "pattern_flags", "resolve_pattern", "update_patterns"]
 
 _STOP = set("""a an the to of in on for and or but is it this that these those i you me my your we our with be as
 at by it's i'm was are do did does not no so just please can could would should will what which how why when
