@@ -11,8 +11,9 @@ the two. A Checkpoint node's ``status`` is derived from that history when read
 (:func:`checkpoint_status`): ``promoted`` or ``rolled_back`` for a checkpoint
 the history names, else the node's own (``candidate``, ``rejected`` by the
 gate). :func:`promote` and :func:`rollback` also write the nodes' statuses, in
-the same call and nowhere else, so that the graph read on its own agrees once
-they return.
+the same call and nowhere else (every checkpoint the history names, so a node a
+kill left behind is repaired too), so that the graph read on its own agrees
+once they return.
 """
 
 from __future__ import annotations
@@ -67,13 +68,12 @@ def checkpoint_status(graph: MemoryGraph, store, checkpoint_id: str | None, *,
     return node.status if node is not None else None
 
 
-def _write_statuses(graph: MemoryGraph, store, checkpoint_ids: list[str]) -> None:
-    """Write the history's status onto the named checkpoints' nodes."""
-    statuses = checkpoint_statuses(store)
-    for checkpoint_id in checkpoint_ids:
+def _write_statuses(graph: MemoryGraph, store) -> None:
+    """Write the history's status onto the nodes of the checkpoints it names."""
+    for checkpoint_id, status in checkpoint_statuses(store).items():
         node = checkpoint_node(graph, checkpoint_id)
-        if node is not None and checkpoint_id in statuses and node.status != statuses[checkpoint_id]:
-            node.status = statuses[checkpoint_id]
+        if node is not None and node.status != status:
+            node.status = status
             graph.update(node)
 
 
@@ -84,7 +84,7 @@ def promote(graph: MemoryGraph, store, checkpoint_id: str, *, reason: str = "") 
         pointer = current
     else:
         pointer = store.promote(checkpoint_id, reason=reason)
-    _write_statuses(graph, store, [checkpoint_id])
+    _write_statuses(graph, store)
     return pointer
 
 
@@ -93,7 +93,7 @@ def rollback(graph: MemoryGraph, store, *, reason: str, alert: Alert | None = No
     before = in_use(store)
     pointer = store.rollback(reason=reason)
     if before:
-        _write_statuses(graph, store, [before["checkpoint"]])
+        _write_statuses(graph, store)
         if alert is not None and checkpoint_node(graph, before["checkpoint"]) is not None:
             graph.link(alert.id, before["checkpoint"], "rolled_back", {"reason": reason})
     return pointer

@@ -178,7 +178,7 @@ def _expected_statuses(history: list[dict]) -> dict[str, str]:
 
 def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agreeing_records(
         tmp_path, spawn, recovered, figures):
-    from mindloop.agents.cycle.promotion import checkpoint_status, in_use
+    from mindloop.agents.cycle.promotion import checkpoint_status, in_use, promote
     from mindloop.trainer.checkpoints import Checkpoints
 
     home = tmp_path / "home"
@@ -231,6 +231,13 @@ def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agre
             for cid, status in _expected_statuses(history).items():
                 assert statuses[cid] == status, f"{cid}: the cycle says {statuses[cid]}, history {status}; {why}"
         recovered(home, why=why)
+
+    # the next promotion writes the history's statuses onto every node a kill left behind
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        current = in_use(store)
+        promote(g, store, current["checkpoint"] if current else "c0", reason="after the kills")
+        nodes = {c.id: c.status for c in g.nodes(kind="checkpoint")}
+        assert {cid: nodes[cid] for cid in _expected_statuses(store.history())} == _expected_statuses(store.history())
 
     assert outcomes["acknowledged events"] >= TRIALS, outcomes
     assert during["promote"] >= TRIALS // 4 and during["rollback"] >= TRIALS // 4, during
