@@ -132,10 +132,13 @@ def _metric_rows(before: dict | None, after: dict | None) -> tuple[list[list[Any
     return rows, labels, b_vals, a_vals
 
 
-def _runs(graph: MemoryGraph, home: Path, scope: str | None) -> str:
+def _runs(graph: MemoryGraph, store, home: Path, scope: str | None) -> str:
+    from mindloop.agents.cycle.promotion import checkpoint_status, checkpoint_statuses
+
     runs = sorted(graph.nodes(kind="run", scope=scope), key=lambda r: r.created)
     if not runs:
         return "<p class=dim>No training run yet.</p>"
+    statuses = checkpoint_statuses(store)
     gates = {}
     for ev in graph.nodes(kind="eval", scope=scope):
         if ev.probes == "gate":  # type: ignore[attr-defined]
@@ -145,8 +148,7 @@ def _runs(graph: MemoryGraph, home: Path, scope: str | None) -> str:
         cfg = run.config  # type: ignore[attr-defined]
         produced = [e.dst for e in graph.edges(run.id, kinds=["produced"], direction="out")]
         ckpt = produced[0] if produced else None
-        node = graph.get(ckpt) if ckpt else None
-        status = getattr(node, "status", None)
+        status = checkpoint_status(graph, store, ckpt, statuses=statuses) if ckpt else None
         out.append(f"<h3>{_e(run.id)} <span class=dim>({_e(run.status)}"  # type: ignore[attr-defined]
                    f"{'; checkpoint ' + _e(ckpt) + ', ' + _e(status) if ckpt else ''})</span></h3>")
         settings = ", ".join(f"{k} {cfg[k]}" for k in ("objective", "method", "learning_rate", "epochs", "max_steps",
@@ -195,7 +197,7 @@ def _watch(rep: dict[str, Any]) -> str:
 def html_report(graph: MemoryGraph, store, *, scope: str | None = None, observe_config=None,
                 traffic: dict[str, dict[str, Any]] | None = None, title: str = "mindloop report") -> str:
     """The report as one HTML string. ``traffic``: ``{model: {"failed": {kind: n}, "total": {kind: n}}}``."""
-    from mindloop.agents.cycle.observe import report as observe_report
+    from mindloop.agents.cycle.watch import report as observe_report
 
     home = Path(graph.config.home)
     stats = graph.stats()
@@ -214,7 +216,7 @@ def html_report(graph: MemoryGraph, store, *, scope: str | None = None, observe_
         parts.append("<h2>Traffic: replies the user had to correct</h2><div class=row>"
                      + _table(["model"] + kinds, rows) + _bars("share of replies corrected", kinds, rates, "share")
                      + "</div>")
-    parts.append("<h2>Training runs</h2>" + _runs(graph, home, scope))
+    parts.append("<h2>Training runs</h2>" + _runs(graph, store, home, scope))
     parts.append("<h2>surface-observe: the watch</h2>" + _watch(rep))
     alerts = [[a["kind"], _verdict(not a["open"], "open" if a["open"] else "resolved"), a["checkpoint"] or "",
                a["message"], a.get("action") or ""] for a in rep["alerts"]]

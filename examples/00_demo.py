@@ -217,7 +217,7 @@ def _replay(loop, tag: str) -> None:
 
 
 def _demo_gate():
-    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle.gate import ObserveConfig
 
     # min_turns 20 (default 30): the demo's traffic is 40 scripted requests per model
     return ObserveConfig(min_turns=20)
@@ -226,8 +226,8 @@ def _demo_gate():
 def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
     """The scheduler finds the pattern ripe and runs the cycle; traffic before and after; the watch's verdict."""
     from mindloop.agents.chat.loop import ChatLoop
-    from mindloop.agents.cycle.observe import report
-    from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig, readiness
+    from mindloop.agents.cycle.watch import report
+    from mindloop.agents.cycle import Scheduler, SchedulerConfig, readiness
     from mindloop.trainer.checkpoints import Checkpoints
 
     store = Checkpoints(graph.config.home / "checkpoints")
@@ -240,8 +240,8 @@ def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
         console.print("traffic on the base model first, so the watch has something to compare with:")
         _replay(loop, "base")
         for r in readiness(graph, cfg)[:3]:
-            console.print(f"  {'RIPE' if r['ripe'] else 'wait'} {r['name'][:40]!r}: {r['confirmed']} confirmed, "
-                          f"{r['untrained']} untrained" + (f" ({'; '.join(r['waiting_for'])})" if r["waiting_for"] else ""))
+            console.print(f"  {'RIPE' if r.ripe else 'wait'} {r.name[:40]!r}: {r.confirmed} confirmed, "
+                          f"{r.untrained} untrained" + (f" ({'; '.join(r.waiting_for)})" if r.waiting_for else ""))
         console.print("[bold]scheduler tick[/] (what `mindloop daemon` does every minute):")
         scheduler = Scheduler(graph, cfg, observe=observe, backend=backend, detector=agent.detector,
                               say=lambda m: console.print(f"  [cyan]scheduler:[/] {m}"))
@@ -273,7 +273,7 @@ def scheduled_cycle(graph: MemoryGraph, agent, backend, pattern) -> None:
 def over_trained(graph: MemoryGraph, agent, backend, pattern) -> None:
     """An operator trains far too hard and promotes by hand; the gate said no, the watch rolls it back."""
     from mindloop.agents.chat.loop import ChatLoop
-    from mindloop.agents.cycle.observe import gate_checkpoint, promote, report, watch
+    from mindloop.agents.cycle import gate_checkpoint, promote, report, watch
     from mindloop.trainer.checkpoints import Checkpoints
     from mindloop.trainer.data import rows_from_examples
     from mindloop.trainer.evaluate import builtin_probes, probes_from_examples

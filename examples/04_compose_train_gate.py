@@ -92,7 +92,7 @@ def train_pattern(graph, pattern, args, source: str):
 
 
 def gate_and_promote(graph, checkpoint: str) -> None:
-    from mindloop.agents.cycle.observe import ObserveConfig, gate_checkpoint, promote
+    from mindloop.agents.cycle import ObserveConfig, gate_checkpoint, promote
     from mindloop.trainer.checkpoints import Checkpoints
 
     store = Checkpoints(graph.config.home / "checkpoints")

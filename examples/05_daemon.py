@@ -51,12 +51,12 @@ from _common import (
 
 
 def show_readiness(graph, cfg) -> None:
-    from mindloop.agents.cycle.scheduler import readiness
+    from mindloop.agents.cycle.service import readiness
 
     for r in readiness(graph, cfg):
-        console.print(f"  {'RIPE' if r['ripe'] else 'wait'} {r['pattern']} {r['name'][:40]!r}: {r['confirmed']} "
-                      f"confirmed, {r['untrained']} untrained" + (f"; waiting for {'; '.join(r['waiting_for'])}"
-                                                                  if r["waiting_for"] else ""), markup=False)
+        console.print(f"  {'RIPE' if r.ripe else 'wait'} {r.pattern} {r.name[:40]!r}: {r.confirmed} "
+                      f"confirmed, {r.untrained} untrained" + (f"; waiting for {'; '.join(r.waiting_for)}"
+                                                                  if r.waiting_for else ""), markup=False)
 
 
 def scheduler_config(home, model: str, args):
@@ -98,7 +98,7 @@ def status(home) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__, training=True)
     args = parser.parse_args(argv)
-    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle.gate import ObserveConfig
     from mindloop.agents.cycle.scheduler import Scheduler
 
     started = time.perf_counter()

@@ -78,7 +78,7 @@ def test_every_config_field_has_help():
 
     from mindloop.agents.chat.backends import ModelConfig
     from mindloop.agents.chat.surface import SurfaceConfig
-    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle import ObserveConfig
     from mindloop.agents.cycle.scheduler import SchedulerConfig
     from mindloop.agents.server import ServeConfig
     from mindloop.agents.signal.agent import SignalConfig

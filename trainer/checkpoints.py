@@ -34,10 +34,19 @@ from typing import Any, Callable
 
 from mindloop.trainer.errors import CheckpointError
 
-__all__ = ["Checkpoints", "PROMOTED"]
+__all__ = ["Checkpoints", "PROMOTED", "checkpoint_id_for"]
 
 PROMOTED = "promoted.json"
 _WEIGHTS = {"lora": ("adapter_model.safetensors", "adapter_config.json"), "full": ("model.safetensors", "config.json")}
+
+
+def checkpoint_id_for(run_id: str) -> str:
+    """The id of the checkpoint a run writes: ``run_X`` writes ``ckpt_X``.
+
+    >>> checkpoint_id_for("run_20261208-011200_a1b2c3")
+    'ckpt_20261208-011200_a1b2c3'
+    """
+    return "ckpt_" + run_id.removeprefix("run_")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -30,16 +30,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.trainer.checkpoints import Checkpoints, checkpoint_id_for
 from mindloop.trainer.data import OBJECTIVES, check_lengths, data_hash
 from mindloop.trainer.errors import InvalidDataset, TrainerError
 from mindloop.trainer.evaluate import Probe, builtin_probes, evaluate, probes_digest, steering_direction
 from mindloop.trainer.frozen import CONTEXT_DTYPES, frozen_batch_loss, resolve_context_dtype
 from mindloop.trainer.model import check_chat_template, load_model, model_name
 
-__all__ = ["TrainConfig", "TrainResult", "train", "record_run", "recover_runs", "result_from_disk"]
+__all__ = ["DEFAULT_LR", "LR_RANGE", "TrainConfig", "TrainResult", "train", "record_run", "recover_runs",
+           "result_from_disk"]
 
 log = logging.getLogger(__name__)
+
+# The learning rate of each method when none is set, and the range a pattern's plan may grow or shrink it in
+# (docs/trainer.md): LoRA needs about ten times full weights'.
+DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
+LR_RANGE = {"lora": (1e-5, 1e-3), "full": (1e-6, 1e-4)}
+
+
+def _lr_text(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")  # 1e-4, as the docs write it
 
 
 @dataclass
@@ -52,7 +62,9 @@ class TrainConfig:
     optimizer: str = field(default="adamw", metadata={
         "choices": ("adamw", "apollo"),
         "help": "adamw | apollo (needs the [apollo] extra; CC-BY-NC licence, so only when asked for)"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate; unset = 1e-4 for lora, 1e-5 for full"})
+    lr: float | None = field(default=None, metadata={
+        "help": f"learning rate; unset = {_lr_text(DEFAULT_LR['lora'])} for lora, "
+                f"{_lr_text(DEFAULT_LR['full'])} for full"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
     context_frozen: bool = field(default=True, metadata={
         "help": "sft only: run the prompt without gradient and backpropagate through the response only"})
@@ -97,7 +109,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-4 if self.method == "lora" else 1e-5)
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
     @property
     def frozen(self) -> bool:
@@ -275,7 +287,7 @@ def train(config: TrainConfig, rows: Sequence[dict[str, Any]], *, home: str | os
         broadcast_object_list(box)
         run_id = box[0]
     run_dir = home / "runs" / run_id
-    checkpoint_id = "ckpt_" + run_id.removeprefix("run_")
+    checkpoint_id = checkpoint_id_for(run_id)
     digest = data_hash(rows)
     used = resolve_context_dtype(model, config.context_dtype) if config.frozen else None
     cfg = {**asdict(config), "learning_rate": config.learning_rate, "context_frozen": config.frozen,
@@ -455,7 +467,7 @@ def recover_runs(graph, home: str | os.PathLike, *, scope: str | None = None) ->
         if not (run_dir / "config.json").exists():
             continue  # killed before it wrote its config: nothing to record
         status = (status_file.read_text(encoding="utf-8").strip() if status_file.exists() else "") or "started"
-        checkpoint_id = "ckpt_" + run_dir.name.removeprefix("run_")
+        checkpoint_id = checkpoint_id_for(run_dir.name)
         if status.startswith("started"):
             pid = status.partition("pid=")[2]
             if pid.isdigit() and _alive(int(pid)):

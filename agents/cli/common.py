@@ -122,7 +122,7 @@ def open_loop(args, g):
 
 
 def scheduler(args, g, *, say=None):
-    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle import ObserveConfig
     from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig
     from mindloop.graph import load_config
 

@@ -63,7 +63,7 @@ def declare_report(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_observe(args) -> int:
-    from mindloop.agents.cycle import observe as ob
+    from mindloop.agents import cycle as ob
     from mindloop.trainer.checkpoints import Checkpoints
 
     from mindloop.graph import load_config
@@ -149,35 +149,15 @@ def _cmd_daemon(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from mindloop.agents.cycle import observe as ob
-    from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig, readiness
-    from mindloop.trainer.checkpoints import Checkpoints
-
+    from mindloop.agents.cycle import ObserveConfig, SchedulerConfig
+    from mindloop.agents.cycle.service import status
     from mindloop.graph import load_config
 
     cfg = load_config(SchedulerConfig, "scheduler", file=args.config)
-    ocfg = load_config(ob.ObserveConfig, "observe", file=args.config)
+    ocfg = load_config(ObserveConfig, "observe", file=args.config)
     with common.open_graph(args) as g:
-        store = Checkpoints(Path(g.config.home) / "checkpoints")
-        ready = readiness(g, cfg, scope=args.scope)
-        scheduler = Scheduler(g, cfg, observe=ocfg, scope=args.scope)
-        try:
-            sched = scheduler.state()
-        finally:
-            scheduler.close()
-        runs = [{"id": r.id, "status": r.status, "pattern": r.config.get("pattern"),  # type: ignore[attr-defined]
-                 "created": r.created, "checkpoint": next((e.dst for e in g.edges(r.id, kinds=["produced"],
-                                                                                  direction="out")), None)}
-                for r in sorted(g.nodes(kind="run", scope=args.scope), key=lambda r: -r.created)[:5]]
-        rep = ob.report(g, store, ocfg, scope=args.scope)
-    promoted = store.promoted()
-    out = {"in_use": promoted["checkpoint"] if promoted else None,
-           "scheduler": {k: sched.get(k) for k in ("phase", "pattern", "run_id", "checkpoint", "note", "error",
-                                                    "last", "resuming")},
-           "patterns": ready, "queue": [r["pattern"] for r in ready if r["ripe"]],
-           "runs": runs,
-           "watch": [{k: c[k] for k in ("id", "verdict", "n_before", "n_after")} for c in rep["checkpoints"]],
-           "alerts": [a for a in rep["alerts"] if a["open"]]}
+        out = status(g, cfg, ocfg, scope=args.scope)
+    ready = out["patterns"]
     s = out["scheduler"]
     lines = [f"in use: {out['in_use'] or 'the base model'}",
              f"scheduler: phase {s['phase'] or 'wait'}"
@@ -207,7 +187,7 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from mindloop.agents.cycle.observe import ObserveConfig
+    from mindloop.agents.cycle import ObserveConfig
     from mindloop.agents.report import write_report
     from mindloop.graph import load_config
     from mindloop.trainer.checkpoints import Checkpoints

@@ -88,9 +88,9 @@ def _main_process() -> bool:
 
 
 def _cmd_train(args) -> int:
-    from mindloop.trainer.data import read_dataset, rows_from_examples
+    from mindloop.trainer.data import read_dataset
     from mindloop.trainer.evaluate import format_comparison
-    from mindloop.trainer.evaluate import builtin_probes, probes_from_examples
+    from mindloop.trainer.evaluate import builtin_probes
     from mindloop.trainer.run import TrainConfig, record_run, recover_runs, train
 
     from mindloop.graph import load_config
@@ -107,29 +107,21 @@ def _cmd_train(args) -> int:
             print(f"note: run {r['run']}: {r['status']} (its process had been killed)", file=sys.stderr)
         probes = builtin_probes()
         example_ids: list[str] = []
+        tags = None
         if args.pattern:
+            from mindloop.agents.cycle.service import training_job
             from mindloop.agents.signal.patterns import resolve_pattern
 
             pattern = resolve_pattern(g, args.pattern, args.scope)
-            examples = [e for e in g.nodes(kind="example", scope=args.scope) if e.pattern == pattern.id]
-            train_ex = [e for e in examples if e.split == "train" and (
-                args.include_trained or not g.edges(e.id, kinds=["trained_on"], direction="in"))]
-            if not train_ex:
+            job = training_job(g, pattern, scope=args.scope, include_trained=args.include_trained)
+            if not job.examples:
                 from mindloop.trainer.errors import InvalidDataset
 
                 raise InvalidDataset(f"pattern {pattern.id} has no untrained train-split examples: run "
                                      f"`mindloop compose --pattern {pattern.id}` first (or --include-trained)")
-            rows = rows_from_examples(train_ex, cfg.objective)
-            example_ids = [e.id for e in train_ex]
-            probes = probes + probes_from_examples([e for e in examples if e.split == "heldout"])
+            rows, example_ids, probes, tags = job.rows(cfg.objective), job.example_ids, job.probes(probes), job.tags()
         else:
             rows = read_dataset(args.dataset, cfg.objective)
-        tags = None
-        if args.pattern:
-            from mindloop.agents.cycle.scheduler import confirmed_flags
-
-            tags = {"pattern": pattern.id, "accept_examples": sum(e.example_kind == "accept" for e in train_ex),
-                    "flags": confirmed_flags(g, pattern.id)}
         result = train(cfg, rows, home=g.config.home, probes=probes, progress=not args.json, tags=tags)
         if not main_process:  # under `accelerate launch`: the main process records and reports the run, once
             return 0
@@ -206,7 +198,7 @@ def _cmd_checkpoints(args) -> int:
         common.emit(args, m, f"{m['id']} ({m['kind']}, base {m.get('base_model')}, parent {m.get('parent') or 'base'}, "
                         f"run {m.get('run')})\n" + format_comparison(metrics.get("before"), metrics.get("after")))
         return 0
-    from mindloop.agents.cycle.observe import promote, rollback
+    from mindloop.agents.cycle.promotion import promote, rollback
 
     with common.open_graph(args) as g:
         if action == "promote":

@@ -11,12 +11,13 @@ One tick walks the workflow from the phase it was left in::
       ▲                                        │        │                            │
       └──────── failure recorded ◄─────────────┘        └─ rejected (grow the plan)   └─ still watching: stop here
 
-A pattern is *ripe* when it has at least ``min_flags`` confirmed flags (the
-signal agent's ``auto_confirm_above`` confirms confident ones on its own) that
-no kept checkpoint has trained on, its last run is ``cooldown_s`` ago, the chat
-has been idle for ``idle_s`` and no alert is open. Compose and train use the
-pattern's plan (:func:`mindloop.agents.cycle.observe.plan_for`), which the gate grows and the
-watch shrinks.
+A pattern is *ripe* (:func:`mindloop.agents.cycle.service.readiness`) when it
+has at least ``min_flags`` confirmed flags (the signal agent's
+``auto_confirm_above`` confirms confident ones on its own) that no kept
+checkpoint has trained on, its last run is ``cooldown_s`` ago, the chat has
+been idle for ``idle_s`` and no alert is open. Compose and train use the
+pattern's plan (:func:`mindloop.agents.cycle.plans.plan_for`), which the gate
+grows and the watch shrinks.
 
 The state (phase, pattern, run id, checkpoint, last verdicts) lives in
 LangGraph's checkpointer (``loop.db``, or Postgres), thread
@@ -41,11 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypedDict
 
-from mindloop.agents.cycle.observe import (ObserveConfig, gate_checkpoint, grow_plan, open_alerts, plan_for, promote, shrink_plan,
-                            sync_statuses, watch)
+from mindloop.agents.cycle.gate import ObserveConfig, gate_checkpoint
+from mindloop.agents.cycle.plans import grow_plan, plan_for, shrink_plan
+from mindloop.agents.cycle.promotion import checkpoint_status, promote
+from mindloop.agents.cycle.service import readiness, training_job
+from mindloop.agents.cycle.watch import watch
 from mindloop.graph import MemoryGraph, NodeNotFound, Pattern, Run
 
-__all__ = ["SchedulerConfig", "Scheduler", "readiness", "confirmed_flags"]
+__all__ = ["SchedulerConfig", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,8 @@ class SchedulerConfig:
     model: str = field(default="bundled", metadata={"help": "the model to train: 'bundled', an id or a path"})
     method: str = field(default="lora", metadata={"help": "lora | full", "choices": ("lora", "full")})
     lr: float | None = field(default=None, metadata={
-        "help": "a new pattern's first learning rate; unset = the trainer's (1e-4 for lora, 1e-5 for full)"})
+        "help": "a new pattern's first learning rate; unset = the trainer's (mindloop.trainer.run.DEFAULT_LR: "
+                "1e-4 for lora, 1e-5 for full)"})
     objective: str = field(default="dpo", metadata={
         "choices": ("sft", "dpo", "kto"),
         "help": "dpo (the accepted reply over the flagged one, on the pattern's preference pairs) | sft | kto; "
@@ -115,55 +120,6 @@ def _kill_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _covered_flags(graph: MemoryGraph, pattern_id: str) -> set[str]:
-    """Flags of the pattern that a promoted (kept) checkpoint was trained for (its manifest's ``flags``)."""
-    covered: set[str] = set()
-    for c in graph.nodes(kind="checkpoint", scope=graph.get(pattern_id).scope):
-        if c.status == "promoted" and c.manifest.get("pattern") == pattern_id:  # type: ignore[attr-defined]
-            covered.update(c.manifest.get("flags") or [])  # type: ignore[attr-defined]
-    return covered
-
-
-def confirmed_flags(graph: MemoryGraph, pattern_id: str) -> list[str]:
-    from mindloop.agents.signal.patterns import pattern_flags
-
-    return sorted(f.id for f in pattern_flags(graph, pattern_id) if f.status == "confirmed")
-
-
-def readiness(graph: MemoryGraph, config: SchedulerConfig, *, scope: str | None = None,
-              now: float | None = None) -> list[dict[str, Any]]:
-    """Every pattern with its confirmed and untrained flags, cooldown left and whether it is ripe; ripe first."""
-    now = now or time.time()
-    latest = graph.nodes(kind="turn", scope=scope, limit=1, newest_first=True)
-    idle_for = now - latest[0].created if latest else float("inf")
-    alerts = open_alerts(graph, scope)
-    out = []
-    for p in graph.nodes(kind="pattern", scope=scope):
-        assert isinstance(p, Pattern)
-        if p.status != "open":
-            continue
-        flags = graph.edges(p.id, kinds=["member_of"], direction="in")
-        confirmed = set(confirmed_flags(graph, p.id))
-        untrained = confirmed - _covered_flags(graph, p.id)
-        last = p.meta.get("last_run_at")
-        cooldown_left = max(0.0, last + config.cooldown_s - now) if last else 0.0
-        why = []
-        if len(untrained) < config.min_flags:
-            why.append(f"{len(untrained)}/{config.min_flags} confirmed untrained flags")
-        if cooldown_left > 0:
-            why.append(f"cooldown {cooldown_left / 60:.0f} min left")
-        if idle_for < config.idle_s:
-            why.append(f"chat active {idle_for:.0f}s ago (needs {config.idle_s:.0f}s idle)")
-        if alerts:
-            why.append(f"{len(alerts)} open alert(s)")
-        plan = plan_for(p, config.method, config.lr)
-        out.append({"pattern": p.id, "name": p.name, "flags": len(flags), "confirmed": len(confirmed),
-                    "untrained": len(untrained), "cooldown_left_s": round(cooldown_left), "ripe": not why,
-                    "waiting_for": why, "plan": {k: plan[k] for k in ("max_examples", "lr", "general_ratio")},
-                    "adjustments": plan["history"]})
-    return sorted(out, key=lambda r: (not r["ripe"], -r["untrained"]))
-
-
 class Scheduler:
     """The corrective cycle as a LangGraph workflow over one data directory and scope.
 
@@ -211,7 +167,6 @@ class Scheduler:
 
     def tick(self) -> dict[str, Any]:
         """Run the workflow from where it was left (the interrupted step, after a kill) until it stops."""
-        sync_statuses(self.graph, self.store)  # a promotion or rollback killed half-way is finished first
         snap = self.app.get_state(self.thread)
         if snap.next:
             self.say(f"resuming at '{snap.next[0]}' (the last tick stopped there)")
@@ -270,25 +225,26 @@ class Scheduler:
         if verdict.get("rolled_back"):
             self.say(f"watch: rolled back {verdict['id']} (alert {verdict['alert']})")
         ready = readiness(self.graph, self.config, scope=self.scope)
-        ripe = [r for r in ready if r["ripe"]]
+        ripe = [r for r in ready if r.ripe]
         if not ripe:
-            note = "; ".join(f"{r['pattern']}: {', '.join(r['waiting_for'])}" for r in ready[:3]) or "no patterns"
+            note = "; ".join(f"{r.pattern}: {', '.join(r.waiting_for)}" for r in ready[:3]) or "no patterns"
             return {"stop": True, "note": f"nothing ripe ({note})", "retry_at": None}
         pick = ripe[0]
         run_id = f"run_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
-        self.say(f"pattern {pick['pattern']} ({pick['name']}) is ripe: {pick['untrained']} confirmed untrained "
+        self.say(f"pattern {pick.pattern} ({pick.name}) is ripe: {pick.untrained} confirmed untrained "
                  f"flags; run {run_id}")
         _kill_point("wait")
-        return {"phase": "compose", "pattern": pick["pattern"], "run_id": run_id, "checkpoint": None,
+        return {"phase": "compose", "pattern": pick.pattern, "run_id": run_id, "checkpoint": None,
                 "error": None, "note": "ripe"}
 
     def _compose(self, state: State) -> dict[str, Any]:
         from mindloop.agents.chat.backends import BackendError
         from mindloop.agents.signal.compose import ComposeConfig, compose
+        from mindloop.agents.signal.patterns import confirmed_flag_ids
 
         pattern = self._pattern(state)
         plan = plan_for(pattern, self.config.method, self.config.lr)
-        cfg = ComposeConfig(general_ratio=plan["general_ratio"], include_trained=plan["reuse"])
+        cfg = ComposeConfig(general_ratio=plan.general_ratio, include_trained=plan.reuse)
         backend = None
         try:
             if self.config.generate and self.backend is None and self.backend_factory is not None:
@@ -308,17 +264,17 @@ class Scheduler:
         self.say(f"composed {counts['total']} example(s) for {pattern.id}: " + ", ".join(
             f"{k} {v['train']}+{v['heldout']}" for k, v in counts["kinds"].items()) + " (train+heldout)")
         _kill_point("compose")
-        return {"phase": "train", "accept_examples": n_accept, "flags": confirmed_flags(self.graph, pattern.id),
+        return {"phase": "train", "accept_examples": n_accept, "flags": confirmed_flag_ids(self.graph, pattern.id),
                 "backoff_s": None, "retry_at": None}
 
     def _train(self, state: State) -> dict[str, Any]:
-        from mindloop.trainer.data import rows_from_examples
+        from mindloop.trainer.checkpoints import checkpoint_id_for
         from mindloop.trainer.errors import CheckpointError
-        from mindloop.trainer.evaluate import builtin_probes, probes_from_examples, read_probes
+        from mindloop.trainer.evaluate import builtin_probes, read_probes
         from mindloop.trainer.run import TrainConfig, TrainResult, record_run, train
 
         run_id = state["run_id"]
-        checkpoint_id = "ckpt_" + run_id.removeprefix("run_")  # type: ignore[union-attr]
+        checkpoint_id = checkpoint_id_for(run_id)  # type: ignore[arg-type]
         run_dir = self.home / "runs" / run_id  # type: ignore[operator]
         if (self.store.root / checkpoint_id).is_dir():  # killed after the run finished: record it, go on
             try:
@@ -333,18 +289,13 @@ class Scheduler:
         pattern = self._pattern(state)
         plan = plan_for(pattern, self.config.method, self.config.lr)
         # the plan as used, so the gate's and the watch's adjustments start from it
-        pattern.meta = {**pattern.meta, "last_run_at": time.time(), "last_run": run_id, "plan": plan}
+        pattern.meta = {**pattern.meta, "last_run_at": time.time(), "last_run": run_id, "plan": plan.to_json()}
         self.graph.update(pattern)
-        examples = [e for e in self.graph.nodes(kind="example", scope=self.scope) if e.pattern == pattern.id]
-        train_ex = [e for e in examples if e.split == "train" and (
-            plan["reuse"] or not self.graph.edges(e.id, kinds=["trained_on"], direction="in"))]
-        accept = [e for e in train_ex if e.example_kind == "accept"]
-        if plan["max_examples"] and len(accept) > plan["max_examples"]:
-            drop = {e.id for e in sorted(accept, key=lambda e: -e.created)[plan["max_examples"]:]}
-            train_ex = [e for e in train_ex if e.id not in drop]
-        if not train_ex:
+        job = training_job(self.graph, pattern, scope=self.scope, include_trained=plan.reuse,
+                           max_examples=plan.max_examples, flags=state.get("flags") or [])
+        if not job.examples:
             return self._back_to_wait(state, f"pattern {pattern.id} has no train-split examples")
-        cfg = TrainConfig(objective=self.config.objective, method=self.config.method, lr=plan["lr"],
+        cfg = TrainConfig(objective=self.config.objective, method=self.config.method, lr=plan.lr,
                           model=self.config.model, batch_size=self.config.batch_size, max_steps=self.config.max_steps)
         if self.probes is not None:
             probes = list(self.probes)
@@ -352,21 +303,17 @@ class Scheduler:
             probes = [p for f in self.config.probes.split(",") for p in read_probes(f.strip())]
         else:
             probes = builtin_probes()
-        probes += probes_from_examples([e for e in examples if e.split == "heldout"])
-        n_accept = sum(1 for e in train_ex if e.example_kind == "accept")
-        self.say(f"training {run_id}: {len(train_ex)} example(s) ({n_accept} accept), {cfg.method}, "
-                 f"lr {cfg.learning_rate:g}, general share {plan['general_ratio']:.0%}")
+        self.say(f"training {run_id}: {len(job.examples)} example(s) ({job.accept_examples} accept), {cfg.method}, "
+                 f"lr {cfg.learning_rate:g}, general share {plan.general_ratio:.0%}")
         _kill_point("train")
         try:
-            result: TrainResult = train(cfg, rows_from_examples(train_ex, cfg.objective), home=self.home,
-                                        probes=probes, progress=self.progress, run_id=run_id,
-                                        tags={"pattern": pattern.id, "accept_examples": n_accept,
-                                              "flags": state.get("flags") or []})
+            result: TrainResult = train(cfg, job.rows(cfg.objective), home=self.home, probes=job.probes(probes),
+                                        progress=self.progress, run_id=run_id, tags=job.tags())
         except Exception as e:  # noqa: BLE001 - a failed run returns the cycle to waiting, recorded
             self._record_failed(state, run_dir, f"{type(e).__name__}: {e}")
             return self._back_to_wait(state, f"run {run_id} failed: {type(e).__name__}: {e}")
         _kill_point("trained")
-        record_run(self.graph, result, scope=self.scope, example_ids=[e.id for e in train_ex])
+        record_run(self.graph, result, scope=self.scope, example_ids=job.example_ids)
         return {"phase": "gate", "checkpoint": result.checkpoint}
 
     def _record_finished(self, run_dir: Path, manifest: dict, checkpoint_id: str) -> None:
@@ -408,19 +355,19 @@ class Scheduler:
             plan = shrink_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
                                why="gate: " + "; ".join(c["detail"] for c in regressed))
             self.say(f"the candidate regressed; the next run for {state['pattern']} shrinks: "
-                     f"{plan['max_examples']} accept examples, lr {plan['lr']:g}, general {plan['general_ratio']:.0%}")
+                     f"{plan.max_examples} accept examples, lr {plan.lr:g}, general {plan.general_ratio:.0%}")
         elif result.too_small:  # too little: more examples (up to 50), twice the lr
             plan = grow_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
                              why=f"gate: {result.checks[0]['detail']}")
             self.say(f"the target moved too little; the next run for {state['pattern']} grows: up to "
-                     f"{plan['max_examples']} accept examples, lr {plan['lr']:g}")
+                     f"{plan.max_examples} accept examples, lr {plan.lr:g}")
         else:  # an unreadable candidate: nothing to learn about the plan
             plan = None
         return {"phase": "wait", "stop": True, "run_id": None, "checkpoint": None,
                 "note": f"the gate rejected {checkpoint}: " + "; ".join(result.reasons),
                 "last": {"pattern": state.get("pattern"), "run": state.get("run_id"), "checkpoint": checkpoint,
                          "gate": result.to_json(), "verdict": "rejected", "at": time.time(),
-                         "plan": plan and {k: plan[k] for k in ("max_examples", "lr", "general_ratio")}}}
+                         "plan": plan.settings() if plan else None}}
 
     def _promote(self, state: State) -> dict[str, Any]:
         promote(self.graph, self.store, state["checkpoint"], reason=f"gate passed (scheduler, {state['run_id']})")  # type: ignore
@@ -440,8 +387,8 @@ class Scheduler:
         elif verdict["verdict"] == "insufficient data":  # enough turns after, too few before: nothing to compare
             final = "keep (no baseline)"
         else:  # rolled back (by this step before a restart, or by hand), or replaced by hand
-            node = self.graph.get(state["checkpoint"]) if state.get("checkpoint") else None  # type: ignore[arg-type]
-            final = "rollback" if getattr(node, "status", None) == "rolled_back" else "superseded"
+            gone = checkpoint_status(self.graph, self.store, state.get("checkpoint"))
+            final = "rollback" if gone == "rolled_back" else "superseded"
         if verdict.get("rolled_back"):
             final = "rollback"
         self.say(f"watch verdict for {state.get('checkpoint')}: {final}")

@@ -38,8 +38,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from mindloop.agents.signal.patterns import confirmed_flags
 from mindloop.agents.signal.rules import apply_rules
-from mindloop.graph import Embedder, Example, Flag, InvalidRecord, MemoryGraph, NodeNotFound, Pattern, Turn
+from mindloop.graph import Embedder, Example, InvalidRecord, MemoryGraph, NodeNotFound, Pattern, Turn
 
 __all__ = ["ComposeConfig", "Composed", "compose", "general_prompts", "pushback_scenarios", "write_jsonl"]
 
@@ -178,23 +179,11 @@ class _Builder:
         return "thanks" in rules.families and rules.correction_cues == 0
 
 
-def _confirmed_flags(graph: MemoryGraph, pattern: Pattern) -> list[Flag]:
-    out = []
-    for e in graph.edges(pattern.id, kinds=["member_of"], direction="in"):
-        try:
-            f = graph.get(e.src)
-        except NodeNotFound:
-            continue
-        if isinstance(f, Flag) and f.status == "confirmed":
-            out.append(f)
-    return sorted(out, key=lambda f: f.created)
-
-
 def compose(graph: MemoryGraph, pattern: Pattern, *, embedder: Embedder, backend=None, detector=None,
             config: ComposeConfig | None = None, store: bool = True) -> Composed:
     """Build the pattern's balanced examples; see the module docstring. Stores them unless ``store=False``."""
     config = config or ComposeConfig()
-    flags = _confirmed_flags(graph, pattern)
+    flags = confirmed_flags(graph, pattern.id)
     if not flags:
         raise InvalidRecord(f"pattern {pattern.id} ({pattern.name}) has no confirmed flags: review them with "
                             f"`mindloop flags list --pattern {pattern.id}` and `mindloop flags confirm ID`")

@@ -36,8 +36,8 @@ from mindloop.agents.signal.rules import FAMILIES, apply_rules
 from mindloop.graph import Embedder, Flag, MemoryGraph, NodeNotFound, Pattern
 from mindloop.graph.records import FlagType
 
-__all__ = ["describe", "flag_vectors", "join_pattern", "model_namer", "pattern_name", "pattern_flags", "resolve_pattern",
-           "update_patterns"]
+__all__ = ["confirmed_flag_ids", "confirmed_flags", "describe", "flag_vectors", "join_pattern", "model_namer",
+           "pattern_name", "pattern_flags", "resolve_pattern", "update_patterns"]
 
 _STOP = set("""a an the to of in on for and or but is it this that these those i you me my your we our with be as
 at by it's i'm was are do did does not no so just please can could would should will what which how why when
@@ -95,6 +95,16 @@ def pattern_flags(graph: MemoryGraph, pattern_id: str) -> list[Flag]:
         if isinstance(node, Flag) and node.status != "rejected":
             out.append(node)
     return out
+
+
+def confirmed_flags(graph: MemoryGraph, pattern_id: str) -> list[Flag]:
+    """The pattern's confirmed flags, oldest first: what composing, training and readiness count."""
+    return sorted((f for f in pattern_flags(graph, pattern_id) if f.status == "confirmed"), key=lambda f: f.created)
+
+
+def confirmed_flag_ids(graph: MemoryGraph, pattern_id: str) -> list[str]:
+    """The ids of :func:`confirmed_flags`, sorted: what a run's tags and a checkpoint's manifest record."""
+    return sorted(f.id for f in confirmed_flags(graph, pattern_id))
 
 
 def _set_membership(graph: MemoryGraph, flag_id: str, pattern_id: str | None) -> None:

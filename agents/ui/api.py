@@ -121,8 +121,7 @@ class Readiness(BaseModel):
     cooldown_left_s: float
     open_alerts: int
     plan: dict[str, Any] | None = Field(description="the next run's plan (examples, lr, general share), scheduler")
-    source: Literal["scheduler", "ui"] = Field(
-        description="'scheduler' = mindloop.agents.cycle.scheduler.readiness; 'ui' = confirmed flags, cooldown, alerts only")
+    source: Literal["scheduler"] = Field(description="mindloop.agents.cycle.service.readiness, the scheduler's rule")
 
 
 class TimelineBin(BaseModel):
@@ -163,8 +162,8 @@ class PatternInfo(BaseModel):
 
 class PatternList(BaseModel):
     patterns: list[PatternInfo]
-    ripe_flags: int
-    cooldown_h: float
+    min_flags: int = Field(description="[scheduler] min_flags: confirmed untrained flags that make a pattern ripe")
+    cooldown_s: float = Field(description="[scheduler] cooldown_s: seconds between two runs of one pattern")
 
 
 class GraphNode(BaseModel):
@@ -354,7 +353,7 @@ class ObserverReport(_Open):
     alerts: list[AlertRow]
     rollbacks: list[RollbackRow]
     source: Literal["observer", "fallback"] = Field(
-        description="'observer' = mindloop.agents.cycle.observe.report; 'fallback' = checkpoints and alerts only")
+        description="'observer' = mindloop.agents.cycle.watch.report; 'fallback' = checkpoints and alerts only")
 
 
 class Csrf(BaseModel):

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mindloop.agents.cycle.scheduler import SchedulerConfig
 from mindloop.agents.signal.agent import SignalAgent
 from mindloop.agents.ui.api import build_api
 from mindloop.agents.ui.config import UIConfig
@@ -49,20 +50,20 @@ _STATIC = Path(__file__).parent / "static"
 
 def create_app(graph: MemoryGraph, config: UIConfig | None = None, *, agent: SignalAgent | None = None,
                checkpoints: Checkpoints | None = None, runs: str | Path | None = None,
-               observer: Callable[..., dict[str, Any]] | None = None, readiness: Callable[..., Any] | None = None,
+               observer: Callable[..., dict[str, Any]] | None = None, scheduler: SchedulerConfig | None = None,
                csrf_token: str | None = None) -> FastAPI:
     """The UI over ``graph`` (and its data directory's ``checkpoints/`` and ``runs/``).
 
     ``agent`` reviews flags (default: a :class:`SignalAgent` without a
     detector, which review never uses); ``observer`` is surface-observe's
-    ``report(graph, checkpoints, scope=)`` (default: ``mindloop.agents.cycle.observe.report`` when
-    installed); ``readiness`` says which patterns are ready to train (default:
-    the scheduler's). See :class:`mindloop.agents.ui.inspector.Inspector`. The app never
+    ``report(graph, checkpoints, scope=)`` (default: ``mindloop.agents.cycle.watch.report``);
+    ``scheduler`` is the :class:`SchedulerConfig` whose readiness the patterns page shows (default: the data
+    directory's ``config.toml``). See :class:`mindloop.agents.ui.inspector.Inspector`. The app never
     closes ``graph``: its owner does.
     """
     config = config or UIConfig()
     inspector = Inspector(graph, agent=agent, checkpoints=checkpoints, runs=runs, observer=observer,
-                          readiness=readiness, config=config)
+                          scheduler=scheduler, config=config)
     guard = Guard(config, csrf_token=csrf_token)
     app = FastAPI(title="mindloop UI", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Review flagged failures, browse the memory graph, see training runs and the "

@@ -3,7 +3,6 @@
     # config.toml
     [ui]
     port = 8765
-    ripe_flags = 20
 
     $ MINDLOOP_UI_TOKEN=s3cret mindloop ui --host 0.0.0.0
 """
@@ -34,7 +33,9 @@ def is_loopback(host: str) -> bool:
 
 @dataclass
 class UIConfig:
-    """Where the UI listens, who may use it, and what it counts as ready to train."""
+    """Where the UI listens and who may use it. What is ready to train is the scheduler's rule and settings
+    (``[scheduler] min_flags``, ``cooldown_s``): ``ripe_flags`` and ``cooldown_h`` are no longer settings here,
+    and a config that still sets them is refused with a message naming their replacements."""
 
     host: str = field(default="127.0.0.1", metadata={
         "help": "address to bind; anything but loopback needs a token, and the UI refuses to start without one"})
@@ -43,10 +44,10 @@ class UIConfig:
         "help": "access token (open http://HOST:PORT/?token=T once, or send 'Authorization: Bearer T'); "
                 "unset = none, loopback only", "env": "MINDLOOP_UI_TOKEN"})
     scope: str | None = field(default=None, metadata={"help": "scope shown (default: the graph's configured scope)"})
-    ripe_flags: int = field(default=20, metadata={
-        "help": "confirmed flags a pattern needs before it is ready to train (the scheduler's default)"})
-    cooldown_h: float = field(default=6.0, metadata={
-        "help": "hours after a pattern's last run before it is ready again (the scheduler's default); 0 = none"})
+    ripe_flags: int | None = field(default=None, metadata={
+        "help": "removed: the UI shows the scheduler's readiness; set [scheduler] min_flags"})
+    cooldown_h: float | None = field(default=None, metadata={
+        "help": "removed: the UI shows the scheduler's readiness; set [scheduler] cooldown_s (seconds)"})
     queue_limit: int = field(default=500, metadata={"help": "most flags listed on one page of the review queue"})
     graph_max_nodes: int = field(default=150, metadata={
         "help": "most nodes drawn in a neighbourhood (the nearest are kept)"})
@@ -57,11 +58,15 @@ class UIConfig:
             raise ConfigError(f"ui.port must be 1-65535, got {self.port}")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("ui.token must be at least 8 characters (or unset, for loopback only)")
-        for name in ("ripe_flags", "queue_limit", "graph_max_nodes"):
+        if self.ripe_flags is not None:
+            raise ConfigError(f"ui.ripe_flags ({self.ripe_flags!r}) was removed: the UI shows the scheduler's "
+                              f"readiness; set [scheduler] min_flags instead")
+        if self.cooldown_h is not None:
+            raise ConfigError(f"ui.cooldown_h ({self.cooldown_h!r}) was removed: the UI shows the scheduler's "
+                              f"readiness; set [scheduler] cooldown_s (seconds) instead")
+        for name in ("queue_limit", "graph_max_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ui.{name} must be at least 1, got {getattr(self, name)!r}")
-        if self.cooldown_h < 0:
-            raise ConfigError(f"ui.cooldown_h must not be negative, got {self.cooldown_h}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"ui.max_body_bytes must be at least 1024, got {self.max_body_bytes}")
 

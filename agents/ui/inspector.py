@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
-from mindloop.agents.signal.patterns import describe, resolve_pattern
+from mindloop.agents.cycle.promotion import checkpoint_status, checkpoint_statuses
+from mindloop.agents.cycle.scheduler import SchedulerConfig
+from mindloop.agents.cycle.service import readiness
 from mindloop.agents.signal.agent import SignalAgent, SignalConfig
+from mindloop.agents.signal.patterns import describe, resolve_pattern
 from mindloop.agents.ui.config import UIConfig
 from mindloop.graph import Checkpoint, Example, Flag, MemoryGraph, Node, NodeNotFound, Pattern, Run, Turn
 from mindloop.trainer.checkpoints import Checkpoints
@@ -98,11 +101,12 @@ def fallback_report(graph: MemoryGraph, checkpoints: Checkpoints, *, scope: str 
     pointer = checkpoints.promoted()
     in_use = pointer["checkpoint"] if pointer else None
     nodes = {n.id: n for n in graph.nodes(kind="checkpoint", scope=scope)}
+    statuses = checkpoint_statuses(checkpoints)
     out = []
     for m in checkpoints.list():
         node = nodes.get(m["id"])
-        status = "promoted" if m["id"] == in_use else (node.status if node is not None else
-                                                       ("corrupt" if "error" in m else "candidate"))
+        status = "promoted" if m["id"] == in_use else statuses.get(m["id"], node.status if node is not None else
+                                                                   ("corrupt" if "error" in m else "candidate"))
         out.append({"id": m["id"], "parent": m.get("parent") if "error" not in m else getattr(node, "parent", None),
                     "promoted_at": promoted_at.get(m["id"]), "status": status, "windows": [], "tests": [],
                     "verdict": "insufficient data"})
@@ -117,7 +121,7 @@ def fallback_report(graph: MemoryGraph, checkpoints: Checkpoints, *, scope: str 
 def _default_observer() -> Callable[..., dict[str, Any]] | None:
     """surface-observe's ``report(graph, checkpoints)`` when it is installed, else None."""
     try:
-        from mindloop.agents.cycle.observe import report  # type: ignore[attr-defined]
+        from mindloop.agents.cycle.watch import report
     except ImportError:
         return None
     return report
@@ -141,16 +145,15 @@ class Inspector:
     Collaborators are injected so tests pass fakes: ``agent`` (flag review),
     ``checkpoints``, ``runs`` (the runs folder), ``observer`` (a
     ``report(graph, checkpoints, scope=) -> dict`` function; surface-observe's by
-    default, the fallback report while it is absent) and ``readiness`` (a
-    ``(graph, scope) -> ({pattern id: row}, min_flags)`` function; the
-    scheduler's :func:`mindloop.agents.cycle.scheduler.readiness` by default, the UI's own
-    count of confirmed flags while it is absent).
+    default, the fallback report while it is absent) and ``scheduler`` (the
+    :class:`~mindloop.agents.cycle.scheduler.SchedulerConfig` whose readiness,
+    :func:`mindloop.agents.cycle.service.readiness`, the patterns page shows;
+    default: the data directory's ``config.toml``).
     """
 
     def __init__(self, graph: MemoryGraph, *, agent: SignalAgent | None = None, checkpoints: Checkpoints | None = None,
                  runs: str | Path | None = None, observer: Callable[..., dict[str, Any]] | None = None,
-                 readiness: Callable[..., tuple[dict[str, dict], int] | None] | None = None,
-                 config: UIConfig | None = None) -> None:
+                 scheduler: SchedulerConfig | None = None, config: UIConfig | None = None) -> None:
         self.graph = graph
         self.config = config or UIConfig()
         self.scope = graph.resolve_scope(self.config.scope)
@@ -160,7 +163,7 @@ class Inspector:
         self.checkpoints = checkpoints or Checkpoints(graph.config.home / "checkpoints")
         self.runs_root = Path(runs) if runs is not None else graph.config.home / "runs"
         self._observer = observer
-        self._readiness_source = readiness
+        self._scheduler = scheduler
 
     # -- flags ---------------------------------------------------------------------
 
@@ -239,9 +242,10 @@ class Inspector:
         for e in self.graph.nodes(kind="example", scope=self.scope):
             if e.split == "train" and not self.graph.edges(e.id, kinds=["trained_on"], direction="in"):  # type: ignore
                 examples[e.pattern] += 1  # type: ignore[attr-defined]
-        scheduled = self._scheduler_readiness()
-        alerts = self.graph.nodes(kind="alert", scope=self.scope)
-        open_alerts = sum(1 for a in alerts if a.status == "open")  # type: ignore[attr-defined]
+        scheduler = self.scheduler_config()
+        rows = {r.pattern: r for r in readiness(self.graph, scheduler, scope=self.scope, now=now)}
+        open_alerts = sum(1 for a in self.graph.nodes(kind="alert", scope=self.scope)
+                          if a.status == "open")  # type: ignore[attr-defined]
         out = []
         for p in self.graph.nodes(kind="pattern", scope=self.scope):
             if p.status == "empty":  # type: ignore[attr-defined]
@@ -249,52 +253,30 @@ class Inspector:
             d = describe(self.graph, p, now=now)  # type: ignore[arg-type]
             members = self.agent.flags(scope=self.scope, pattern=p.id)
             mine = runs.get(p.id, [])
-            own = self._readiness(d, mine, examples[p.id], open_alerts, now)
-            theirs = scheduled[0].get(p.id) if scheduled else None
-            d["readiness"] = own if theirs is None else {
-                **own, "ready": bool(theirs["ripe"]), "waiting_for": list(theirs["waiting_for"]),
-                "confirmed": theirs["confirmed"], "needed": scheduled[1], "untrained_flags": theirs["untrained"],
-                "cooldown_left_s": theirs["cooldown_left_s"], "plan": theirs.get("plan"), "source": "scheduler"}
+            row = rows.get(p.id)
+            d["readiness"] = {
+                "ready": bool(row and row.ripe),
+                "waiting_for": list(row.waiting_for) if row else [f"the pattern is {p.status}"],  # type: ignore
+                "confirmed": row.confirmed if row else d["by_status"].get("confirmed", 0),
+                "needed": scheduler.min_flags, "untrained_flags": row.untrained if row else None,
+                "untrained_examples": examples[p.id], "last_run": max((r.created for r in mine), default=None),
+                "cooldown_left_s": row.cooldown_left_s if row else 0.0, "open_alerts": open_alerts,
+                "plan": row.plan if row else None, "source": "scheduler"}
             d["timeline"] = self._timeline(members, history, {r.id for r in mine})
             d["runs"] = [r.id for r in sorted(mine, key=lambda r: r.created)]
             out.append(d)
         out.sort(key=lambda d: -d["flags"])
-        return {"patterns": out, "ripe_flags": self.config.ripe_flags, "cooldown_h": self.config.cooldown_h}
+        return {"patterns": out, "min_flags": scheduler.min_flags, "cooldown_s": scheduler.cooldown_s}
 
-    def _readiness(self, d: dict, runs: list[Run], untrained: int, open_alerts: int, now: float) -> dict[str, Any]:
-        """The UI's own rule, used while the scheduler is absent: confirmed flags, cooldown, open alerts."""
-        confirmed = d["by_status"].get("confirmed", 0)
-        last = max((r.created for r in runs), default=None)
-        wait = 0.0 if last is None else max(0.0, last + self.config.cooldown_h * 3600 - now)
-        why = []
-        if confirmed < self.config.ripe_flags:
-            why.append(f"{confirmed}/{self.config.ripe_flags} confirmed flags")
-        if wait > 0:
-            why.append(f"cooldown {wait / 60:.0f} min left")
-        if open_alerts:
-            why.append(f"{open_alerts} open alert(s)")
-        return {"ready": not why, "waiting_for": why, "confirmed": confirmed, "needed": self.config.ripe_flags,
-                "untrained_flags": None, "untrained_examples": untrained, "last_run": last,
-                "cooldown_left_s": round(wait, 1), "open_alerts": open_alerts, "plan": None, "source": "ui"}
-
-    def _scheduler_readiness(self) -> tuple[dict[str, dict], int] | None:
-        """The scheduler's readiness by pattern id and its ``min_flags``; None while it is not installed."""
-        if self._readiness_source is not None:
-            return self._readiness_source(self.graph, self.scope)
-        try:
-            from mindloop.agents.cycle.scheduler import SchedulerConfig, readiness
-        except ImportError:
-            return None
+    def scheduler_config(self) -> SchedulerConfig:
+        """The scheduler's settings, whose readiness the UI shows: the injected ones, else the data directory's
+        ``config.toml`` (``[scheduler]``)."""
+        if self._scheduler is not None:
+            return self._scheduler
         from mindloop.graph import load_config
 
         file = self.graph.config.home / "config.toml"
-        config = load_config(SchedulerConfig, "scheduler", file=file if file.exists() else None)
-        try:
-            rows = readiness(self.graph, config, scope=self.scope)
-        except Exception:  # the page still shows the UI's own count; the log says why
-            log.exception("the scheduler's readiness failed; showing the UI's own")
-            return None
-        return {r["pattern"]: r for r in rows}, config.min_flags
+        return load_config(SchedulerConfig, "scheduler", file=file if file.exists() else None)
 
     def _timeline(self, members: list[Flag], history: list[dict], runs: set[str]) -> dict[str, Any]:
         """Flags per time bin (all statuses but rejected) and the promotions and rollbacks in that span."""
@@ -457,14 +439,14 @@ class Inspector:
         order = {"accept": 0, "pushback": 1, "general": 2}
         return sorted(out, key=lambda e: (order.get(e["kind"], 3), e["split"] != "train"))
 
-    def _checkpoint_info(self, checkpoint_id: str) -> dict[str, Any] | None:
+    def _checkpoint_info(self, checkpoint_id: str, statuses: dict[str, str]) -> dict[str, Any] | None:
         try:
             node = self.graph.get(checkpoint_id)
         except NodeNotFound:
             node = None
         if isinstance(node, Checkpoint):
-            return {"id": node.id, "parent": node.parent, "status": node.status, "run": node.manifest.get("run"),
-                    "created": node.created}
+            return {"id": node.id, "parent": node.parent, "run": node.manifest.get("run"), "created": node.created,
+                    "status": checkpoint_status(self.graph, self.checkpoints, node.id, statuses=statuses)}
         try:
             m = self.checkpoints.get(checkpoint_id)
         except CheckpointError:
@@ -476,17 +458,18 @@ class Inspector:
         """The checkpoint's ancestors (oldest first), itself, then its children; ``in_use`` marks the promoted one."""
         pointer = self.checkpoints.promoted()
         in_use = pointer["checkpoint"] if pointer else None
+        statuses = checkpoint_statuses(self.checkpoints)
         chain, seen, at = [], set(), checkpoint_id
         while at and at not in seen and len(chain) < 100:
             seen.add(at)
-            info = self._checkpoint_info(at)
+            info = self._checkpoint_info(at, statuses)
             if info is None:
                 chain.append({"id": at, "parent": None, "status": "missing", "run": None, "created": None})
                 break
             chain.append(info)
             at = info["parent"]
         chain.reverse()
-        children = [self._checkpoint_info(n.id) for n in self.graph.nodes(kind="checkpoint", scope=self.scope)
+        children = [self._checkpoint_info(n.id, statuses) for n in self.graph.nodes(kind="checkpoint", scope=self.scope)
                     if n.parent == checkpoint_id]  # type: ignore[attr-defined]
         out = [{**c, "relation": "ancestor"} for c in chain[:-1]] + [{**chain[-1], "relation": "this"}]
         out += [{**c, "relation": "child"} for c in children if c is not None]
@@ -500,10 +483,11 @@ class Inspector:
         pointer = self.checkpoints.promoted()
         in_use = pointer["checkpoint"] if pointer else None
         nodes = {n.id: n for n in self.graph.nodes(kind="checkpoint", scope=self.scope)}
+        statuses = checkpoint_statuses(self.checkpoints)
         items = []
         for m in self.checkpoints.list():
             node = nodes.get(m["id"])
-            status = "promoted" if m["id"] == in_use else getattr(node, "status", "candidate")
+            status = "promoted" if m["id"] == in_use else statuses.get(m["id"], getattr(node, "status", "candidate"))
             items.append({"id": m["id"], "parent": m.get("parent"), "run": m.get("run"), "kind": m.get("kind"),
                           "created": m.get("created"), "error": m.get("error"), "in_use": m["id"] == in_use,
                           "status": status})

@@ -7,16 +7,20 @@ import time
 
 import pytest
 
-from mindloop.agents.cycle import observe as ob
+from mindloop.agents.cycle.gate import ObserveConfig, gate, gate_checkpoint
+from mindloop.agents.cycle.plans import MAX_EXAMPLES, Plan, grow_plan, plan_for, shrink_plan
+from mindloop.agents.cycle.promotion import promote, rollback
+from mindloop.agents.cycle.watch import open_alerts, watch
 from mindloop.agents.cli import main
 from mindloop.graph import Alert, Checkpoint, Eval
 from mindloop.trainer.checkpoints import Checkpoints
+from mindloop.trainer.run import LR_RANGE
 
 from .observe_data import add_pattern, fake_checkpoint, log_exchange, metrics
 
 
 def _checks(before, after, **cfg):
-    return {c["name"]: c for c in ob.gate(before, after, ob.ObserveConfig(**cfg))}
+    return {c["name"]: c for c in gate(before, after, ObserveConfig(**cfg))}
 
 
 def test_the_gate_passes_a_candidate_that_improves_the_target_and_regresses_nothing():
@@ -51,7 +55,7 @@ def test_gate_checkpoint_records_the_rejection_in_the_graph_and_keeps_the_parent
     store = Checkpoints(home / "checkpoints")
     fake_checkpoint(store.root, "ckpt_a", metrics={"before": metrics(), "after": metrics(target=0.3, ppl=11.0)})
     graph.add(Checkpoint(id="ckpt_a", path=str(store.root / "ckpt_a"), status="candidate"))
-    result = ob.gate_checkpoint(graph, store, "ckpt_a")
+    result = gate_checkpoint(graph, store, "ckpt_a")
     assert not result.promote and not result.too_small
     assert any("perplexity" in r for r in result.reasons)
     assert graph.get("ckpt_a").status == "rejected"
@@ -66,21 +70,32 @@ def test_a_corrupt_candidate_is_never_promoted(graph, home):
     store = Checkpoints(home / "checkpoints")
     fake_checkpoint(store.root, "ckpt_a", metrics={"before": metrics(), "after": metrics(target=0.5)})
     (store.root / "ckpt_a" / "adapter_model.safetensors").write_bytes(b"\x00garbage")
-    result = ob.gate_checkpoint(graph, store, "ckpt_a")
+    result = gate_checkpoint(graph, store, "ckpt_a")
     assert not result.promote and "corrupt" in result.reasons[0]
 
 
 def test_grow_and_shrink_adjust_the_pattern_plan_within_the_documented_range(graph):
     p = add_pattern(graph)
-    plan = ob.grow_plan(graph, p.id, used_examples=20)
-    assert plan["max_examples"] == 30 and plan["lr"] == pytest.approx(2e-4) and plan["reuse"]
+    plan = grow_plan(graph, p.id, used_examples=20)
+    assert plan.max_examples == 30 and plan.lr == pytest.approx(2e-4) and plan.reuse
     for _ in range(6):
-        plan = ob.grow_plan(graph, p.id, used_examples=plan["max_examples"])
-    assert plan["max_examples"] == ob.MAX_EXAMPLES and plan["lr"] == ob.LR_RANGE["lora"][1]
-    plan = ob.shrink_plan(graph, p.id, used_examples=40)
-    assert plan["general_ratio"] == 0.40 and plan["lr"] == pytest.approx(5e-4) and plan["max_examples"] == 28
-    stored = ob.plan_for(graph.get(p.id))
-    assert len(stored["history"]) == 8 and stored["history"][-1]["to"]["general_ratio"] == 0.40
+        plan = grow_plan(graph, p.id, used_examples=plan.max_examples)
+    assert plan.max_examples == MAX_EXAMPLES and plan.lr == LR_RANGE["lora"][1]
+    plan = shrink_plan(graph, p.id, used_examples=40)
+    assert plan.general_ratio == 0.40 and plan.lr == pytest.approx(5e-4) and plan.max_examples == 28
+    stored = plan_for(graph.get(p.id))
+    assert len(stored.history) == 8 and stored.history[-1]["to"]["general_ratio"] == 0.40
+    # what the pattern keeps is the plan's JSON, and reads back as the same plan
+    assert graph.get(p.id).meta["plan"] == stored.to_json() and plan_for(graph.get(p.id)) == stored
+
+
+def test_a_new_patterns_plan_takes_the_trainers_learning_rate_and_composings_general_share(graph):
+    from mindloop.agents.signal.compose import ComposeConfig
+    from mindloop.trainer.run import DEFAULT_LR
+
+    p = add_pattern(graph)
+    assert plan_for(p) == Plan(max_examples=None, lr=DEFAULT_LR["lora"], general_ratio=ComposeConfig().general_ratio)
+    assert plan_for(p, "full").lr == DEFAULT_LR["full"] == 1e-5 and plan_for(p, "full", 3e-5).lr == 3e-5
 
 
 def _serve(graph, n, *, checkpoint, start, pattern=None, every=0, surfaced_every=0, prefix="s"):
@@ -97,7 +112,7 @@ def _promoted(graph, home, *, pattern=None):
                     pattern=pattern.id if pattern else None)
     graph.add(Checkpoint(id="ckpt_a", path=str(store.root / "ckpt_a"), status="candidate",
                          manifest={"pattern": pattern.id, "accept_examples": 20} if pattern else {}))
-    ob.promote(graph, store, "ckpt_a", reason="test")
+    promote(graph, store, "ckpt_a", reason="test")
     return store
 
 
@@ -107,7 +122,7 @@ def test_watch_keeps_a_checkpoint_whose_rates_did_not_rise(graph, home):
     _serve(graph, 40, checkpoint=None, start=now - 1000, pattern=p, every=5)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=8, prefix="a")
-    verdict = ob.watch(graph, store)
+    verdict = watch(graph, store)
     assert verdict["verdict"] == "keep" and not verdict["rolled_back"]
     assert store.promoted()["checkpoint"] == "ckpt_a"
     trained = next(t for t in verdict["tests"] if t["key"] == p.id)
@@ -120,7 +135,7 @@ def test_watch_gives_no_verdict_on_a_handful_of_turns(graph, home):
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=1, prefix="a")  # all flagged
-    verdict = ob.watch(graph, store)
+    verdict = watch(graph, store)
     assert verdict["verdict"] == "watching" and not verdict["rolled_back"]
     assert all(t["verdict"] == "too few turns" for t in verdict["tests"])
     assert store.promoted()["checkpoint"] == "ckpt_a"
@@ -131,7 +146,7 @@ def test_watch_rolls_back_when_the_trained_pattern_recurs_and_shrinks_the_next_r
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000, pattern=p, every=10)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=2, prefix="a")
-    verdict = ob.watch(graph, store)
+    verdict = watch(graph, store)
     assert verdict["verdict"] == "rollback" and verdict["rolled_back"]
     assert store.promoted() is None  # back to the parent: the base model
     assert graph.get("ckpt_a").status == "rolled_back"
@@ -139,17 +154,17 @@ def test_watch_rolls_back_when_the_trained_pattern_recurs_and_shrinks_the_next_r
     assert isinstance(alert, Alert) and "trained pattern recurred" in alert.reason
     assert [e.dst for e in graph.edges(alert.id, kinds=["rolled_back"], direction="out")] == ["ckpt_a"]
     assert alert.details["plan"] == {"max_examples": 14, "lr": 5e-5, "general_ratio": 0.4}
-    assert ob.plan_for(graph.get(p.id))["history"][-1]["why"].startswith("rolled back ckpt_a")
+    assert plan_for(graph.get(p.id)).history[-1]["why"].startswith("rolled back ckpt_a")
     assert [e["event"] for e in store.history()] == ["promote", "rollback"]
     # a second watch has nothing left to roll back
-    assert ob.watch(graph, store)["verdict"] == "nothing to watch"
+    assert watch(graph, store)["verdict"] == "nothing to watch"
 
 
 def test_watch_alerts_when_correction_memories_must_be_surfaced_more_often(graph, home):
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000, surfaced_every=10)
     store = _promoted(graph, home)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, surfaced_every=2, prefix="a")
-    verdict = ob.watch(graph, store, act=False)
+    verdict = watch(graph, store, act=False)
     assert verdict["verdict"] == "rollback" and not verdict["rolled_back"]  # act=False: assess only
     risen = [t for t in verdict["tests"] if t["verdict"] == "rose"]
     assert [t["key"] for t in risen] == ["surfaced_corrections"]
@@ -163,7 +178,7 @@ def test_a_small_rise_in_every_pattern_is_caught_by_the_overall_rate(graph, home
     store = _promoted(graph, home)
     for i, p in enumerate(pats):  # 10 of 30 per pattern after: each alone would be no significant rise (p ~ 0.03)
         _serve(graph, 30, checkpoint="ckpt_a", start=time.time() + 1 + 40 * i, pattern=p, every=3, prefix=f"a{i}")
-    verdict = ob.watch(graph, store, act=False)
+    verdict = watch(graph, store, act=False)
     risen = [t["key"] for t in verdict["tests"] if t["verdict"] == "rose"]
     assert risen == ["any_flag"] and verdict["verdict"] == "rollback"
 
@@ -175,7 +190,7 @@ def test_three_rises_are_tested_and_each_pattern_is_described(graph, home):
     store = _promoted(graph, home, pattern=trained)
     for i, p in enumerate(others):
         _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1 + 20 * i, pattern=p, every=5, prefix=f"a{i}")
-    verdict = ob.watch(graph, store, act=False)
+    verdict = watch(graph, store, act=False)
     assert [t["key"] for t in verdict["tests"]] == [trained.id, "other_patterns", "surfaced_corrections"]
     assert [t["level"] for t in verdict["tests"]] == pytest.approx([0.05 / 3] * 3)
     assert {b["pattern"] for b in verdict["patterns"]} == {p.id for p in others}
@@ -238,7 +253,7 @@ def test_the_watch_counts_only_turns_a_model_served_not_imported_logs(graph, hom
         log_exchange(graph, f"imp{i}", checkpoint=None, created=time.time() - 900 + i, pattern=p, model=None)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, prefix="a")
-    verdict = ob.watch(graph, store, act=False)
+    verdict = watch(graph, store, act=False)
     assert verdict["n_before"] == 40 and verdict["n_after"] == 40
 
 
@@ -246,14 +261,68 @@ def test_a_watch_interrupted_after_its_rollback_closes_its_alert_next_time(graph
     # the state a SIGKILL between the rollback and closing the alert leaves: the scheduler would wait for ever
     store = _promoted(graph, home)
     alert = graph.add(Alert(checkpoint="ckpt_a", reason="flags rose", status="open", details={"kind": "watch"}))
-    ob.rollback(graph, store, reason="flags rose", alert=alert)
-    assert [a.id for a in ob.open_alerts(graph)] == [alert.id]
-    ob.watch(graph, store)
-    assert ob.open_alerts(graph) == [] and graph.get(alert.id).details["action"].startswith("rolled back")
+    rollback(graph, store, reason="flags rose", alert=alert)
+    assert [a.id for a in open_alerts(graph)] == [alert.id]
+    watch(graph, store)
+    assert open_alerts(graph) == [] and graph.get(alert.id).details["action"].startswith("rolled back")
 
 
 def test_an_open_alert_on_the_checkpoint_in_use_stays_open(graph, home):
     store = _promoted(graph, home)
     alert = graph.add(Alert(checkpoint="ckpt_a", reason="look at this", status="open", details={"kind": "watch"}))
-    ob.watch(graph, store)
-    assert [a.id for a in ob.open_alerts(graph)] == [alert.id]
+    watch(graph, store)
+    assert [a.id for a in open_alerts(graph)] == [alert.id]
+
+
+def test_a_checkpoints_status_is_the_historys_even_when_a_kill_left_the_graph_behind(graph, home):
+    from mindloop.agents.cycle.promotion import checkpoint_status
+    from mindloop.agents.ui.inspector import Inspector
+
+    store = Checkpoints(home / "checkpoints")
+    fake_checkpoint(store.root, "ckpt_a", metrics={"before": metrics(), "after": metrics(target=0.3)})
+    graph.add(Checkpoint(id="ckpt_a", path=str(store.root / "ckpt_a"), status="candidate"))
+    store.promote("ckpt_a", reason="killed before the graph was written")  # the pointer moved, the node did not
+    assert graph.get("ckpt_a").status == "candidate" and checkpoint_status(graph, store, "ckpt_a") == "promoted"
+    store.rollback(reason="again killed before the graph was written")
+    assert checkpoint_status(graph, store, "ckpt_a") == "rolled_back"
+    (item,) = Inspector(graph, checkpoints=store).checkpoint_list()["checkpoints"]
+    assert item["status"] == "rolled_back" and not item["in_use"]
+    assert watch(graph, store, act=False)["verdict"] == "nothing to watch"
+    # what the history never named keeps the graph's own status
+    fake_checkpoint(store.root, "ckpt_b", metrics={"before": metrics(), "after": metrics(ppl=11.0)})
+    graph.add(Checkpoint(id="ckpt_b", path=str(store.root / "ckpt_b"), status="candidate"))
+    gate_checkpoint(graph, store, "ckpt_b")
+    assert checkpoint_status(graph, store, "ckpt_b") == "rejected" and checkpoint_status(graph, store, "nope") is None
+
+
+def test_a_patterns_training_job_is_its_untrained_train_split_with_the_newest_accept_examples(graph):
+    from mindloop.agents.cycle.service import training_job
+    from mindloop.graph import Example
+
+    p = add_pattern(graph)
+    prompt = [{"role": "user", "content": "rename it"}]
+
+    def example(i, kind="accept", split="train"):
+        e = Example(pattern=p.id, example_kind=kind, split=split, prompt=prompt, completion=f"done {i}",
+                    rejected="you could rename it", created=1000.0 + i)
+        graph.add(e)
+        return e
+
+    accept = [example(i) for i in range(4)]
+    pushback = example(10, "pushback")
+    heldout = example(20, split="heldout")
+    graph.add(Example(pattern="another", prompt=prompt, completion="not this pattern"))
+    job = training_job(graph, p)
+    assert set(job.example_ids) == {e.id for e in [*accept, pushback]} and job.heldout == [heldout]
+    assert job.tags() == {"pattern": p.id, "accept_examples": 4, "flags": []}
+    capped = training_job(graph, p, max_examples=2, flags=["flag_x"])
+    assert set(capped.example_ids) == {accept[3].id, accept[2].id, pushback.id}  # the two newest accept examples
+    assert capped.tags() == {"pattern": p.id, "accept_examples": 2, "flags": ["flag_x"]}
+    assert len(capped.rows("sft")) == 3 and [pr.kind for pr in capped.probes([])] == ["target"]
+    from mindloop.graph import Run
+
+    run = Run(id="run_x", status="finished")
+    graph.add(run)
+    graph.link(run.id, accept[0].id, "trained_on")
+    assert accept[0].id not in training_job(graph, p).example_ids
+    assert accept[0].id in training_job(graph, p, include_trained=True).example_ids

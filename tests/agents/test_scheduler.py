@@ -14,8 +14,10 @@ import pytest
 pytest.importorskip("torch")
 
 from mindloop.agents.cli import main  # noqa: E402
-from mindloop.agents.cycle.observe import ObserveConfig, plan_for  # noqa: E402
-from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig, readiness  # noqa: E402
+from mindloop.agents.cycle.gate import ObserveConfig  # noqa: E402
+from mindloop.agents.cycle.plans import plan_for  # noqa: E402
+from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig  # noqa: E402
+from mindloop.agents.cycle.service import readiness  # noqa: E402
 from mindloop.graph import GraphConfig, HashingEmbedder, MemoryGraph  # noqa: E402
 from mindloop.trainer.checkpoints import Checkpoints  # noqa: E402
 from mindloop.trainer.evaluate import Probe  # noqa: E402
@@ -48,10 +50,10 @@ def _config(tiny_lm, **kw):
 def test_readiness_names_what_a_pattern_waits_for(graph, tiny_lm):
     p = _fill(graph, n_flags=2)
     (r,) = readiness(graph, _config(tiny_lm, min_flags=3, idle_s=7200))
-    assert r["pattern"] == p.id and not r["ripe"] and r["confirmed"] == 2
-    assert any("2/3 confirmed" in w for w in r["waiting_for"]) and any("chat active" in w for w in r["waiting_for"])
+    assert r.pattern == p.id and not r.ripe and r.confirmed == 2
+    assert any("2/3 confirmed" in w for w in r.waiting_for) and any("chat active" in w for w in r.waiting_for)
     (r,) = readiness(graph, _config(tiny_lm, min_flags=2, idle_s=0))
-    assert r["ripe"] and r["waiting_for"] == []
+    assert r.ripe and r.waiting_for == []
 
 
 def test_a_ripe_pattern_runs_the_whole_cycle_and_is_then_covered(graph, tiny_lm, home):
@@ -69,7 +71,7 @@ def test_a_ripe_pattern_runs_the_whole_cycle_and_is_then_covered(graph, tiny_lm,
         assert any(m.startswith("promoted") for m in said) and any(m.startswith("gate ok") for m in said)
         # the flags it trained on are covered by a kept checkpoint: the pattern is no longer ripe
         (r,) = readiness(graph, _config(tiny_lm))
-        assert r["untrained"] == 0 and not r["ripe"]
+        assert r.untrained == 0 and not r.ripe
         # still watching (no turns since the promotion): a second tick waits in 'watch' and starts nothing
         again = s.tick()
         assert again["phase"] == "watch" and "watching" in again["note"]
@@ -89,11 +91,11 @@ def test_a_candidate_that_moved_too_little_is_rejected_and_the_next_run_grows(gr
     assert Checkpoints(home / "checkpoints").promoted() is None  # the parent (base model) stays in use
     assert graph.get(state["last"]["checkpoint"]).status == "rejected"
     plan = plan_for(graph.get(p.id))
-    assert plan["lr"] == pytest.approx(2e-4) and plan["max_examples"] == 13 and plan["reuse"]
+    assert plan.lr == pytest.approx(2e-4) and plan.max_examples == 13 and plan.reuse
     assert state["last"]["plan"]["lr"] == pytest.approx(2e-4)
     # the rejected run's examples are not in the model in use: the pattern is ripe again, with the grown plan
     (r,) = readiness(graph, _config(tiny_lm))
-    assert r["ripe"] and r["untrained"] == 4 and r["plan"]["lr"] == pytest.approx(2e-4)
+    assert r.ripe and r.untrained == 4 and r.plan["lr"] == pytest.approx(2e-4)
 
 
 def test_a_failed_run_returns_to_waiting_with_the_failure_recorded(graph, tiny_lm, home):
@@ -142,6 +144,11 @@ def test_status_shows_readiness_the_scheduler_and_alerts(graph, tiny_lm, home, c
     assert main(["status"]) == 0
     text = capsys.readouterr().out
     assert "2/20 confirmed untrained flags" in text and "in use: the base model" in text
+    # the service's read model is what `mindloop status --json` prints, key for key
+    from mindloop.agents.cycle.service import status
+
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        assert json.loads(json.dumps(status(g, SchedulerConfig(), ObserveConfig()))) == out
 
 
 # -- SIGKILL at every step ------------------------------------------------------------------
@@ -252,7 +259,7 @@ def test_a_configured_first_learning_rate_is_what_the_plan_grows_from(graph, tin
         s.close()
     assert state["last"]["verdict"] == "rejected"
     assert graph.get(state["last"]["run"]).config["learning_rate"] == pytest.approx(4e-4)
-    assert plan_for(graph.get(p.id))["lr"] == pytest.approx(8e-4)
+    assert plan_for(graph.get(p.id)).lr == pytest.approx(8e-4)
 
 
 def test_sigkill_after_the_watch_rolled_back_finishes_the_rollback_on_restart(tmp_path, tiny_lm):

@@ -121,7 +121,7 @@ class Zygote:
 PROMOTE_PRELOAD = '''
 from mindloop.graph import GraphConfig, MemoryGraph
 from mindloop.trainer.checkpoints import Checkpoints
-from mindloop.agents.cycle.observe import promote, rollback, sync_statuses
+from mindloop.agents.cycle.promotion import in_use, promote, rollback
 import safetensors.torch
 '''
 
@@ -133,7 +133,7 @@ def work(home, seed):
     g = MemoryGraph.open(GraphConfig(home=home, embedder="hashing"))
     store = Checkpoints(os.path.join(home, "checkpoints"))
     ids = sorted(m["id"] for m in store.list())
-    current = sync_statuses(g, store)  # what every promotion does first: finish the one a kill interrupted
+    current = in_use(store)  # what every promotion does first: finish the one a kill interrupted
     print("ready", flush=True)
     while True:
         if current and rng.random() < 0.5:
@@ -178,7 +178,7 @@ def _expected_statuses(history: list[dict]) -> dict[str, str]:
 
 def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agreeing_records(
         tmp_path, spawn, recovered, figures):
-    from mindloop.agents.cycle.observe import sync_statuses
+    from mindloop.agents.cycle.promotion import checkpoint_status, in_use, promote
     from mindloop.trainer.checkpoints import Checkpoints
 
     home = tmp_path / "home"
@@ -205,7 +205,7 @@ def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agre
         pointer_file = store.root / "promoted.json"
         raw = json.loads(pointer_file.read_text()) if pointer_file.exists() else None
         with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
-            pointer = sync_statuses(g, store)  # the next process's recovery
+            pointer = in_use(store)  # the next process's recovery
             history = store.history()
             assert [ev["seq"] for ev in history] == list(range(1, len(history) + 1)), f"seq gaps; {why}"
             new = history[before:]
@@ -226,10 +226,18 @@ def test_sigkill_during_promotion_and_rollback_leaves_one_whole_pointer_and_agre
                 outcomes["pointer rolled forward"] += 1
             if pointer:
                 store.get(pointer["checkpoint"])  # whole and readable
-            statuses = {c.id: c.status for c in g.nodes(kind="checkpoint")}
+            # what every reader sees (the UI, status, the watch): the history's word, whatever the kill left
+            statuses = {c.id: checkpoint_status(g, store, c.id) for c in g.nodes(kind="checkpoint")}
             for cid, status in _expected_statuses(history).items():
-                assert statuses[cid] == status, f"{cid}: graph says {statuses[cid]}, history {status}; {why}"
+                assert statuses[cid] == status, f"{cid}: the cycle says {statuses[cid]}, history {status}; {why}"
         recovered(home, why=why)
+
+    # the next promotion writes the history's statuses onto every node a kill left behind
+    with MemoryGraph.open(GraphConfig(home=home, embedder="hashing"), embedder=HashingEmbedder()) as g:
+        current = in_use(store)
+        promote(g, store, current["checkpoint"] if current else "c0", reason="after the kills")
+        nodes = {c.id: c.status for c in g.nodes(kind="checkpoint")}
+        assert {cid: nodes[cid] for cid in _expected_statuses(store.history())} == _expected_statuses(store.history())
 
     assert outcomes["acknowledged events"] >= TRIALS, outcomes
     assert during["promote"] >= TRIALS // 4 and during["rollback"] >= TRIALS // 4, during

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mindloop.graph import Alert, Flag, GraphConfig, HashingEmbedder, MemoryGraph
+from mindloop.trainer.checkpoints import checkpoint_id_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
@@ -110,7 +111,7 @@ def _fake_run(graph: MemoryGraph, run_id: str, parent: str | None, example_ids: 
     (run_dir / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     (run_dir / "metrics.json").write_text(json.dumps({"before": before, "after": after}))
     (run_dir / "status").write_text("finished\n")
-    checkpoint = "ckpt_" + run_id.removeprefix("run_")
+    checkpoint = checkpoint_id_for(run_id)
 
     def save(folder: Path) -> None:
         save_file({"lora_A": np.zeros((2, 2), dtype=np.float32)}, str(folder / "adapter_model.safetensors"))

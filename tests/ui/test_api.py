@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -109,14 +111,33 @@ def test_patterns_have_size_readiness_and_a_timeline_with_promotions_and_rollbac
     assert p["runs"] == facts["runs"]
 
 
-def test_readiness_falls_back_to_the_uis_own_count_without_the_scheduler(demo):
+def test_readiness_is_the_schedulers_rule_with_its_settings(demo):
+    from mindloop.agents.cycle.scheduler import SchedulerConfig
+    from mindloop.agents.cycle.service import readiness
+
     g, facts = demo
-    app = create_app(g, UIConfig(ripe_flags=2, cooldown_h=0), readiness=lambda graph, scope: None)
+    config = SchedulerConfig(min_flags=2, cooldown_s=0, idle_s=0)
+    app = create_app(g, UIConfig(), scheduler=config)
     with TestClient(app, base_url=BASE) as c:
-        p = next(p for p in c.get("/api/patterns").json()["patterns"] if p["id"] == facts["pattern"])
+        data = c.get("/api/patterns").json()
+    p = next(p for p in data["patterns"] if p["id"] == facts["pattern"])
     r = p["readiness"]
-    assert r["source"] == "ui" and r["needed"] == 2 and r["confirmed"] >= 2
+    assert (data["min_flags"], data["cooldown_s"]) == (2, 0)
+    assert r["source"] == "scheduler" and r["needed"] == 2 and r["confirmed"] >= 2
     assert r["ready"] is False and r["waiting_for"] == ["1 open alert(s)"]  # the demo's alert is still open
+    (row,) = [row for row in readiness(g, config) if row.pattern == facts["pattern"]]
+    assert (r["ready"], r["waiting_for"], r["confirmed"], r["untrained_flags"], r["plan"]) == (
+        row.ripe, row.waiting_for, row.confirmed, row.untrained, row.plan)
+
+
+@pytest.mark.parametrize("key, replacement", [("ripe_flags", "[scheduler] min_flags"),
+                                              ("cooldown_h", "[scheduler] cooldown_s")])
+def test_a_config_that_still_sets_the_uis_readiness_names_the_schedulers_setting(tmp_path, key, replacement):
+    from mindloop.graph import ConfigError, load_config
+
+    (tmp_path / "config.toml").write_text(f"[ui]\n{key} = 3\n")
+    with pytest.raises(ConfigError, match=re.escape(replacement)):
+        load_config(UIConfig, "ui", file=tmp_path / "config.toml")
 
 
 def test_a_neighbourhood_has_labelled_linked_nodes_and_edges(client, demo):
@@ -212,7 +233,7 @@ def test_the_observer_shows_surface_observes_report(demo):
 
 def test_the_default_observer_is_agents_observe_report(client, demo):
     g, facts = demo
-    from mindloop.agents.cycle.observe import report
+    from mindloop.agents.cycle.watch import report
 
     data = client.get("/api/observer").json()
     expected = report(g, Checkpoints(g.config.home / "checkpoints"))
