@@ -68,7 +68,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mindloop.graph import Embedder, GraphConfig, Memory, MemoryGraph, MiniLMEmbedder  # noqa: E402
 from mindloop.graph.embed import EMBED_DTYPES, QUERY_RUNTIMES  # noqa: E402

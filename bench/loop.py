@@ -55,7 +55,6 @@ from typing import Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mindloop.agents.chat.backends import ScriptedBackend  # noqa: E402
 from mindloop.agents.chat.loop import ChatLoop  # noqa: E402

@@ -88,7 +88,6 @@ from pathlib import Path
 from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 LENGTHS = ((256, 64), (512, 64), (1024, 64))
 TARGETS = {  # metric: (comparison, target)

@@ -56,8 +56,6 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-sys.path.insert(0, str(ROOT / "examples"))  # the scripted user of the replays
 
 from mindloop.graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
 from mindloop.graph.conversations import import_conversations  # noqa: E402

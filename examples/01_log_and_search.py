@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mindloop.graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
+from mindloop.graph import GraphConfig, Memory, MemoryGraph
 
 
 def main() -> int:

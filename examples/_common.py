@@ -25,7 +25,6 @@ from pathlib import Path
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 DATA = ROOT / "examples" / "data"
 # the examples print their own progress; the libraries' progress bars would only interleave with it

@@ -26,13 +26,10 @@ from pathlib import Path
 
 from mindloop.graph.check import Findings
 from mindloop.graph.salvage import fsync_dir
-from mindloop.trainer.checkpoints import PROMOTED, Checkpoints
+from mindloop.trainer.checkpoints import PROMOTED, WEIGHT_FILES, Checkpoints
 from mindloop.trainer.errors import CheckpointError
 
 __all__ = ["check", "repair"]
-
-# The files a checkpoint of each kind must hold (as mindloop.trainer.checkpoints writes them).
-_WEIGHTS = {"lora": ("adapter_model.safetensors", "adapter_config.json"), "full": ("model.safetensors", "config.json")}
 
 
 def check(root: str | os.PathLike, findings: Findings | None = None) -> Findings:
@@ -74,12 +71,12 @@ def _checkpoint_problem(folder: Path) -> str | None:
         return "manifest.json is missing"
     except (OSError, ValueError) as e:
         return f"manifest.json is not valid JSON ({e})"
-    if not isinstance(manifest, dict) or manifest.get("kind") not in _WEIGHTS:
+    if not isinstance(manifest, dict) or manifest.get("kind") not in WEIGHT_FILES:
         return "manifest.json does not name a kind ('lora' or 'full')"
-    for name in _WEIGHTS[manifest["kind"]]:
+    for name in WEIGHT_FILES[manifest["kind"]]:
         if not (folder / name).exists():
             return f"{name} is missing"
-    return _safetensors_problem(folder / _WEIGHTS[manifest["kind"]][0])
+    return _safetensors_problem(folder / WEIGHT_FILES[manifest["kind"]][0])
 
 
 def _parent_of(folder: Path) -> str | None:

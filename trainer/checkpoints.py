@@ -32,12 +32,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mindloop.graph.salvage import fsync_dir
 from mindloop.trainer.errors import CheckpointError
 
-__all__ = ["Checkpoints", "PROMOTED", "checkpoint_id_for"]
+__all__ = ["Checkpoints", "PROMOTED", "WEIGHT_FILES", "checkpoint_id_for"]
 
 PROMOTED = "promoted.json"
-_WEIGHTS = {"lora": ("adapter_model.safetensors", "adapter_config.json"), "full": ("model.safetensors", "config.json")}
+# The files a checkpoint of each kind holds (the doctor checks them too: checkpoint_check.py).
+WEIGHT_FILES = {"lora": ("adapter_model.safetensors", "adapter_config.json"), "full": ("model.safetensors", "config.json")}
 
 
 def checkpoint_id_for(run_id: str) -> str:
@@ -49,14 +51,6 @@ def checkpoint_id_for(run_id: str) -> str:
     return "ckpt_" + run_id.removeprefix("run_")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -64,7 +58,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class Checkpoints:
@@ -77,7 +71,7 @@ class Checkpoints:
 
     def write(self, checkpoint_id: str, save: Callable[[Path], None], manifest: dict[str, Any]) -> Path:
         """Call ``save(folder)`` on a temporary folder, add the manifest, fsync, then rename into place."""
-        if manifest.get("kind") not in _WEIGHTS:
+        if manifest.get("kind") not in WEIGHT_FILES:
             raise CheckpointError(f"manifest kind {manifest.get('kind')!r} is not 'lora' or 'full'")
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / checkpoint_id
@@ -88,7 +82,7 @@ class Checkpoints:
         tmp.mkdir()
         try:
             save(tmp)
-            missing = [f for f in _WEIGHTS[manifest["kind"]] if not (tmp / f).exists()]
+            missing = [f for f in WEIGHT_FILES[manifest["kind"]] if not (tmp / f).exists()]
             if missing:
                 raise CheckpointError(f"the {manifest['kind']} checkpoint was saved without {', '.join(missing)}")
             (tmp / "manifest.json").write_text(json.dumps({**manifest, "id": checkpoint_id}, indent=2), "utf-8")
@@ -96,9 +90,9 @@ class Checkpoints:
                 if f.is_file():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -126,7 +120,7 @@ class Checkpoints:
         try:
             manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
             kind = manifest["kind"]
-            files = _WEIGHTS[kind]
+            files = WEIGHT_FILES[kind]
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {checkpoint_id}: unreadable manifest ({e})") from None
         for name in files:
@@ -207,7 +201,7 @@ class Checkpoints:
         if target is None:
             try:
                 (self.root / PROMOTED).unlink()
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             except FileNotFoundError:
                 pass
             return None
