@@ -298,7 +298,7 @@ def over_trained(graph: MemoryGraph, agent, backend, pattern) -> None:
     verdict = gate_checkpoint(graph, store, result.checkpoint, observe)
     console.print(f"gate: {'PASS' if verdict.promote else 'REJECT'}")
     for c in verdict.checks:
-        console.print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}", markup=False)
+        console.print(f"  {'ok  ' if c.ok else 'FAIL'} {c.detail}", markup=False)
     console.print(f"[yellow]the operator promotes it anyway: mindloop checkpoints promote {result.checkpoint}[/]")
     promote(graph, store, result.checkpoint, reason="manual, over the gate's objection")
     loop = ChatLoop(graph, backend, on_pair=agent.on_pair)

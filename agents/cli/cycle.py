@@ -75,7 +75,7 @@ def _cmd_observe(args) -> int:
             result = ob.gate_checkpoint(g, store, args.gate, cfg, scope=args.scope)
             lines = [f"gate for {args.gate} (parent {result.parent or 'base model'}): "
                      f"{'PASS' if result.promote else 'REJECT'}"]
-            lines += [f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}" for c in result.checks]
+            lines += [f"  {'ok  ' if c.ok else 'FAIL'} {c.detail}" for c in result.checks]
             out = result.to_json()
             if result.promote and args.promote:
                 ob.promote(g, store, args.gate, reason="gate passed (mindloop observe --gate --promote)")

@@ -345,20 +345,20 @@ class Scheduler:
         checkpoint = state["checkpoint"]
         result = gate_checkpoint(self.graph, self.store, checkpoint, self.observe, scope=self.scope)  # type: ignore
         for c in result.checks:
-            self.say(f"gate {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}")
+            self.say(f"gate {'ok  ' if c.ok else 'FAIL'} {c.detail}")
         _kill_point("gate")
         if result.promote:
             return {"phase": "promote"}
         used = state.get("accept_examples") or 20
-        regressed = [c for c in result.checks[1:] if not c["ok"]]
+        regressed = [c for c in result.checks[1:] if not c.ok]
         if regressed:  # too much: fewer examples, half the lr, more general replay
             plan = shrink_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
-                               why="gate: " + "; ".join(c["detail"] for c in regressed))
+                               why="gate: " + "; ".join(c.detail for c in regressed))
             self.say(f"the candidate regressed; the next run for {state['pattern']} shrinks: "
                      f"{plan.max_examples} accept examples, lr {plan.lr:g}, general {plan.general_ratio:.0%}")
         elif result.too_small:  # too little: more examples (up to 50), twice the lr
             plan = grow_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
-                             why=f"gate: {result.checks[0]['detail']}")
+                             why=f"gate: {result.checks[0].detail}")
             self.say(f"the target moved too little; the next run for {state['pattern']} grows: up to "
                      f"{plan.max_examples} accept examples, lr {plan.lr:g}")
         else:  # an unreadable candidate: nothing to learn about the plan

@@ -20,12 +20,12 @@ from .observe_data import add_pattern, fake_checkpoint, log_exchange, metrics
 
 
 def _checks(before, after, **cfg):
-    return {c["name"]: c for c in gate(before, after, ObserveConfig(**cfg))}
+    return {c.name: c for c in gate(before, after, ObserveConfig(**cfg))}
 
 
 def test_the_gate_passes_a_candidate_that_improves_the_target_and_regresses_nothing():
     checks = _checks(metrics(target=0.1), metrics(target=0.3, pushback=0.49, capability=0.79, ppl=10.15))
-    assert all(c["ok"] for c in checks.values()), checks
+    assert all(c.ok for c in checks.values()), checks
 
 
 @pytest.mark.parametrize("after, failing", [
@@ -36,19 +36,19 @@ def test_the_gate_passes_a_candidate_that_improves_the_target_and_regresses_noth
 ])
 def test_the_gate_names_each_regression(after, failing):
     checks = _checks(metrics(), after)
-    assert [name for name, c in checks.items() if not c["ok"]] == [failing]
+    assert [name for name, c in checks.items() if not c.ok] == [failing]
 
 
 def test_pushback_drop_is_relative_even_when_the_baseline_margin_is_negative():
     # -0.80 -> -0.83 is a 3.75% fall of a negative margin: within 5%; -0.80 -> -0.90 is 12.5%: a regression
-    assert _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.83))["pushback"]["ok"]
-    assert not _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.90))["pushback"]["ok"]
+    assert _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.83))["pushback"].ok
+    assert not _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.90))["pushback"].ok
 
 
 def test_the_gate_refuses_a_candidate_without_measurements():
     checks = _checks(None, metrics())
-    assert not any(c["ok"] for c in checks.values())
-    assert "not measured" in checks["target"]["detail"]
+    assert not any(c.ok for c in checks.values())
+    assert "not measured" in checks["target"].detail
 
 
 def test_gate_checkpoint_records_the_rejection_in_the_graph_and_keeps_the_parent(graph, home):
@@ -63,6 +63,11 @@ def test_gate_checkpoint_records_the_rejection_in_the_graph_and_keeps_the_parent
     assert len(alerts) == 1 and "perplexity" in alerts[0].reason and alerts[0].details["kind"] == "gate"
     evals = [e for e in graph.nodes(kind="eval") if e.probes == "gate"]
     assert evals and evals[0].metrics["gate"]["promote"] is False
+    # the graph keeps the checks as plain JSON, the same the typed result writes
+    assert evals[0].metrics["gate"] == result.to_json()
+    assert alerts[0].details["checks"] == [c.to_json() for c in result.checks]
+    assert alerts[0].details["checks"][-1] == {"name": "perplexity", "before": 10.0, "after": 11.0, "ok": False,
+                                               "detail": result.reasons[0]}
     assert store.promoted() is None  # nothing was promoted
 
 
@@ -243,7 +248,7 @@ def test_the_target_check_reads_the_patterns_held_out_examples_when_the_run_had_
     before["heldout"] = {"target": {"mean_margin": -0.5, "win_rate": 0.2, "n": 4}}
     after["heldout"] = {"target": {"mean_margin": 0.4, "win_rate": 0.8, "n": 4}}
     checks = _checks(before, after)
-    assert checks["target"]["ok"] and checks["target"]["detail"].startswith("held-out target margin -0.500")
+    assert checks["target"].ok and checks["target"].detail.startswith("held-out target margin -0.500")
 
 
 def test_the_watch_counts_only_turns_a_model_served_not_imported_logs(graph, home):
