@@ -221,9 +221,9 @@ class Scheduler:
     def _wait(self, state: State) -> dict[str, Any]:
         if state.get("retry_at") and time.time() < state["retry_at"]:  # type: ignore[operator]
             return {"stop": True, "note": f"backing off until {time.ctime(state['retry_at'])}: {state.get('error')}"}
-        verdict = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
-        if verdict.get("rolled_back"):
-            self.say(f"watch: rolled back {verdict['id']} (alert {verdict['alert']})")
+        watched = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        if watched.rolled_back:
+            self.say(f"watch: rolled back {watched.id} (alert {watched.alert})")
         ready = readiness(self.graph, self.config, scope=self.scope)
         ripe = [r for r in ready if r.ripe]
         if not ripe:
@@ -376,25 +376,27 @@ class Scheduler:
         return {"phase": "watch"}
 
     def _watch(self, state: State) -> dict[str, Any]:
-        verdict = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        watched = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        assessed = watched.assessment
+        n_after = assessed.n_after if assessed else 0
         in_use = self.store.promoted()
         still_ours = bool(in_use and in_use["checkpoint"] == state.get("checkpoint"))
-        if still_ours and verdict.get("n_after", 0) < self.observe.min_turns:
-            return {"stop": True, "note": f"watching {state['checkpoint']}: {verdict.get('n_after', 0)} turn(s) "
+        if still_ours and n_after < self.observe.min_turns:
+            return {"stop": True, "note": f"watching {state['checkpoint']}: {n_after} turn(s) "
                                           f"since promotion, needs {self.observe.min_turns}"}
-        if verdict["verdict"] in ("keep", "rollback"):
-            final = verdict["verdict"]
-        elif verdict["verdict"] == "insufficient data":  # enough turns after, too few before: nothing to compare
+        if watched.verdict in ("keep", "rollback"):
+            final = watched.verdict
+        elif watched.verdict == "insufficient data":  # enough turns after, too few before: nothing to compare
             final = "keep (no baseline)"
         else:  # rolled back (by this step before a restart, or by hand), or replaced by hand
             gone = checkpoint_status(self.graph, self.store, state.get("checkpoint"))
             final = "rollback" if gone == "rolled_back" else "superseded"
-        if verdict.get("rolled_back"):
+        if watched.rolled_back:
             final = "rollback"
         self.say(f"watch verdict for {state.get('checkpoint')}: {final}")
         _kill_point("watch")
         return {"phase": "wait", "stop": True, "run_id": None, "checkpoint": None,
                 "last": {"pattern": state.get("pattern"), "run": state.get("run_id"),
-                         "checkpoint": state.get("checkpoint"), "verdict": final, "alert": verdict.get("alert"),
-                         "tests": verdict.get("tests"), "at": time.time()}}
+                         "checkpoint": state.get("checkpoint"), "verdict": final, "alert": watched.alert,
+                         "tests": [t.to_json() for t in assessed.tests] if assessed else None, "at": time.time()}}
 

@@ -127,12 +127,12 @@ def test_watch_keeps_a_checkpoint_whose_rates_did_not_rise(graph, home):
     _serve(graph, 40, checkpoint=None, start=now - 1000, pattern=p, every=5)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=8, prefix="a")
-    verdict = watch(graph, store)
-    assert verdict["verdict"] == "keep" and not verdict["rolled_back"]
+    watched = watch(graph, store)
+    assert watched.verdict == "keep" and not watched.rolled_back
     assert store.promoted()["checkpoint"] == "ckpt_a"
-    trained = next(t for t in verdict["tests"] if t["key"] == p.id)
-    assert trained["what"].startswith("trained pattern recurred")
-    assert (trained["events_before"], trained["events_after"]) == (8, 5)
+    trained = next(t for t in watched.assessment.tests if t.key == p.id)
+    assert trained.what.startswith("trained pattern recurred")
+    assert (trained.events_before, trained.events_after) == (8, 5)
 
 
 def test_watch_gives_no_verdict_on_a_handful_of_turns(graph, home):
@@ -140,9 +140,9 @@ def test_watch_gives_no_verdict_on_a_handful_of_turns(graph, home):
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=1, prefix="a")  # all flagged
-    verdict = watch(graph, store)
-    assert verdict["verdict"] == "watching" and not verdict["rolled_back"]
-    assert all(t["verdict"] == "too few turns" for t in verdict["tests"])
+    watched = watch(graph, store)
+    assert watched.verdict == "watching" and not watched.rolled_back
+    assert all(t.verdict == "too few turns" for t in watched.assessment.tests)
     assert store.promoted()["checkpoint"] == "ckpt_a"
 
 
@@ -151,28 +151,40 @@ def test_watch_rolls_back_when_the_trained_pattern_recurs_and_shrinks_the_next_r
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000, pattern=p, every=10)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=2, prefix="a")
-    verdict = watch(graph, store)
-    assert verdict["verdict"] == "rollback" and verdict["rolled_back"]
+    watched = watch(graph, store)
+    assert watched.verdict == "rollback" and watched.rolled_back
     assert store.promoted() is None  # back to the parent: the base model
     assert graph.get("ckpt_a").status == "rolled_back"
-    alert = graph.get(verdict["alert"])
+    alert = graph.get(watched.alert)
     assert isinstance(alert, Alert) and "trained pattern recurred" in alert.reason
     assert [e.dst for e in graph.edges(alert.id, kinds=["rolled_back"], direction="out")] == ["ckpt_a"]
     assert alert.details["plan"] == {"max_examples": 14, "lr": 5e-5, "general_ratio": 0.4}
     assert plan_for(graph.get(p.id)).history[-1]["why"].startswith("rolled back ckpt_a")
     assert [e["event"] for e in store.history()] == ["promote", "rollback"]
+    # the JSON (observe --watch --json, the alert's details) keeps its keys and their order
+    out = watched.to_json()
+    assert list(out) == ["id", "parent", "promoted_at", "ended_at", "pattern", "status", "windows",
+                         "baseline_windows", "tests", "patterns", "verdict", "n_before", "n_after", "alert",
+                         "rolled_back"]
+    assert list(out["tests"][0]) == ["what", "key", "n_before", "n_after", "events_before", "events_after",
+                                     "before_rate", "after_rate", "p_value", "level", "verdict"]
+    assert list(out["windows"][0]) == ["start", "end", "turns", "flags", "surfaced_corrections", "dependence_mean"]
+    assert out["alert"] == alert.id and out["rolled_back"] is True and json.loads(json.dumps(out)) == out
+    assert alert.details["tests"] == [t.to_json() for t in watched.assessment.tests if t.verdict == "rose"]
     # a second watch has nothing left to roll back
-    assert watch(graph, store)["verdict"] == "nothing to watch"
+    again = watch(graph, store)
+    assert again.verdict == "nothing to watch" and again.assessment is None
+    assert again.to_json() == {"id": None, "verdict": "nothing to watch", "alert": None, "rolled_back": False}
 
 
 def test_watch_alerts_when_correction_memories_must_be_surfaced_more_often(graph, home):
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000, surfaced_every=10)
     store = _promoted(graph, home)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, surfaced_every=2, prefix="a")
-    verdict = watch(graph, store, act=False)
-    assert verdict["verdict"] == "rollback" and not verdict["rolled_back"]  # act=False: assess only
-    risen = [t for t in verdict["tests"] if t["verdict"] == "rose"]
-    assert [t["key"] for t in risen] == ["surfaced_corrections"]
+    watched = watch(graph, store, act=False)
+    assert watched.verdict == "rollback" and not watched.rolled_back  # act=False: assess only
+    risen = [t for t in watched.assessment.tests if t.verdict == "rose"]
+    assert [t.key for t in risen] == ["surfaced_corrections"]
 
 
 def test_a_small_rise_in_every_pattern_is_caught_by_the_overall_rate(graph, home):
@@ -183,9 +195,9 @@ def test_a_small_rise_in_every_pattern_is_caught_by_the_overall_rate(graph, home
     store = _promoted(graph, home)
     for i, p in enumerate(pats):  # 10 of 30 per pattern after: each alone would be no significant rise (p ~ 0.03)
         _serve(graph, 30, checkpoint="ckpt_a", start=time.time() + 1 + 40 * i, pattern=p, every=3, prefix=f"a{i}")
-    verdict = watch(graph, store, act=False)
-    risen = [t["key"] for t in verdict["tests"] if t["verdict"] == "rose"]
-    assert risen == ["any_flag"] and verdict["verdict"] == "rollback"
+    watched = watch(graph, store, act=False)
+    risen = [t.key for t in watched.assessment.tests if t.verdict == "rose"]
+    assert risen == ["any_flag"] and watched.verdict == "rollback"
 
 
 def test_three_rises_are_tested_and_each_pattern_is_described(graph, home):
@@ -195,11 +207,11 @@ def test_three_rises_are_tested_and_each_pattern_is_described(graph, home):
     store = _promoted(graph, home, pattern=trained)
     for i, p in enumerate(others):
         _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1 + 20 * i, pattern=p, every=5, prefix=f"a{i}")
-    verdict = watch(graph, store, act=False)
-    assert [t["key"] for t in verdict["tests"]] == [trained.id, "other_patterns", "surfaced_corrections"]
-    assert [t["level"] for t in verdict["tests"]] == pytest.approx([0.05 / 3] * 3)
-    assert {b["pattern"] for b in verdict["patterns"]} == {p.id for p in others}
-    assert all(b["events_after"] == 2 and b["events_before"] == 0 for b in verdict["patterns"])
+    watched = watch(graph, store, act=False)
+    assert [t.key for t in watched.assessment.tests] == [trained.id, "other_patterns", "surfaced_corrections"]
+    assert [t.level for t in watched.assessment.tests] == pytest.approx([0.05 / 3] * 3)
+    assert {b.pattern for b in watched.assessment.patterns} == {p.id for p in others}
+    assert all(b.events_after == 2 and b.events_before == 0 for b in watched.assessment.patterns)
 
 
 def test_observe_cli_prints_windows_tests_and_verdicts(graph, home, capsys):
@@ -210,7 +222,7 @@ def test_observe_cli_prints_windows_tests_and_verdicts(graph, home, capsys):
     graph.close()
     assert main(["observe", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["in_use"] == "ckpt_a"
+    assert list(rep) == ["in_use", "checkpoints", "alerts", "rollbacks", "config"] and rep["in_use"] == "ckpt_a"
     (c,) = rep["checkpoints"]
     # 40 replies, and the 20 corrected ones are followed by a second reply
     assert c["verdict"] == "rollback" and c["n_after"] == 60 and sum(w["turns"] for w in c["windows"]) == 60
@@ -258,8 +270,8 @@ def test_the_watch_counts_only_turns_a_model_served_not_imported_logs(graph, hom
         log_exchange(graph, f"imp{i}", checkpoint=None, created=time.time() - 900 + i, pattern=p, model=None)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, prefix="a")
-    verdict = watch(graph, store, act=False)
-    assert verdict["n_before"] == 40 and verdict["n_after"] == 40
+    watched = watch(graph, store, act=False)
+    assert watched.assessment.n_before == 40 and watched.assessment.n_after == 40
 
 
 def test_a_watch_interrupted_after_its_rollback_closes_its_alert_next_time(graph, home):
@@ -292,7 +304,7 @@ def test_a_checkpoints_status_is_the_historys_even_when_a_kill_left_the_graph_be
     assert checkpoint_status(graph, store, "ckpt_a") == "rolled_back"
     (item,) = Inspector(graph, checkpoints=store).checkpoint_list()["checkpoints"]
     assert item["status"] == "rolled_back" and not item["in_use"]
-    assert watch(graph, store, act=False)["verdict"] == "nothing to watch"
+    assert watch(graph, store, act=False).verdict == "nothing to watch"
     # what the history never named keeps the graph's own status
     fake_checkpoint(store.root, "ckpt_b", metrics={"before": metrics(), "after": metrics(ppl=11.0)})
     graph.add(Checkpoint(id="ckpt_b", path=str(store.root / "ckpt_b"), status="candidate"))
