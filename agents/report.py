@@ -29,9 +29,12 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mindloop.graph import MemoryGraph
+
+if TYPE_CHECKING:
+    from mindloop.agents.cycle.watch import WatchReport
 
 __all__ = ["html_report", "write_report"]
 
@@ -172,21 +175,20 @@ def _runs(graph: MemoryGraph, store, home: Path, scope: str | None) -> str:
     return "\n".join(out)
 
 
-def _watch(rep: dict[str, Any]) -> str:
-    if not rep["checkpoints"]:
+def _watch(rep: WatchReport) -> str:
+    if not rep.checkpoints:
         return "<p class=dim>Nothing promoted yet, so nothing watched.</p>"
     out = []
-    for c in rep["checkpoints"]:
-        out.append(f"<h3>{_e(c['id'])} against {_e(c['parent'] or 'the base model')}: "
-                   f"{_e(c['verdict'])}</h3><p class=dim>{c['n_before']} turns before, {c['n_after']} after</p>")
+    for c in rep.checkpoints:
+        out.append(f"<h3>{_e(c.id)} against {_e(c.parent or 'the base model')}: "
+                   f"{_e(c.verdict)}</h3><p class=dim>{c.n_before} turns before, {c.n_after} after</p>")
         rows, labels, before, after = [], [], [], []
-        for t in c["tests"]:
-            rows.append([t["what"], _num(t["before_rate"], ".3f"), _num(t["after_rate"], ".3f"),
-                         _num(t["p_value"], ".4f"), _num(t["level"], ".4f"),
-                         _verdict(t["verdict"] != "rose", t["verdict"])])
-            labels.append(t["key"])
-            before.append(t["before_rate"])
-            after.append(t["after_rate"])
+        for t in c.tests:
+            rows.append([t.what, _num(t.before_rate, ".3f"), _num(t.after_rate, ".3f"), _num(t.p_value, ".4f"),
+                         _num(t.level, ".4f"), _verdict(t.verdict != "rose", t.verdict)])
+            labels.append(t.key)
+            before.append(t.before_rate)
+            after.append(t.after_rate)
         chart = _bars("rate of turns before / after the promotion", labels, {"before": before, "after": after},
                       "rate") if rows else ""
         out.append("<div class=row>" + _table(["rate of turns that ...", "before", "after", "p (one-sided)",
@@ -206,7 +208,7 @@ def html_report(graph: MemoryGraph, store, *, scope: str | None = None, observe_
              f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
              f"<p class=dim>{_e(home)} · written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
              "<p>" + _e("nodes: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["nodes"].items()))) + "</p>",
-             f"<p>in use: <b>{_e(rep['in_use'] or 'the base model')}</b></p>"]
+             f"<p>in use: <b>{_e(rep.in_use or 'the base model')}</b></p>"]
     if traffic:
         kinds = sorted({k for t in traffic.values() for k in t["total"]})
         rows = [[model] + [f"{t['failed'].get(k, 0)}/{t['total'].get(k, 0)}" for k in kinds]
@@ -218,12 +220,12 @@ def html_report(graph: MemoryGraph, store, *, scope: str | None = None, observe_
                      + "</div>")
     parts.append("<h2>Training runs</h2>" + _runs(graph, store, home, scope))
     parts.append("<h2>surface-observe: the watch</h2>" + _watch(rep))
-    alerts = [[a["kind"], _verdict(not a["open"], "open" if a["open"] else "resolved"), a["checkpoint"] or "",
-               a["message"], a.get("action") or ""] for a in rep["alerts"]]
+    alerts = [[a.kind, _verdict(not a.open, "open" if a.open else "resolved"), a.checkpoint or "", a.message,
+               a.action or ""] for a in rep.alerts]
     parts.append("<h2>Alerts</h2>" + (_table(["kind", "state", "checkpoint", "message", "action"], alerts)
                                       if alerts else "<p class=dim>None.</p>"))
-    rollbacks = [[r["checkpoint"], r["to"] or "the base model", r["reason"],
-                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))] for r in rep["rollbacks"]]
+    rollbacks = [[r.checkpoint, r.to or "the base model", r.reason,
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.at))] for r in rep.rollbacks]
     parts.append("<h2>Rollbacks</h2>" + (_table(["checkpoint", "back to", "reason", "at"], rollbacks)
                                          if rollbacks else "<p class=dim>None.</p>"))
     parts.append("</body></html>\n")

@@ -51,6 +51,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -60,6 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 from mindloop.graph import GraphConfig, Memory, MemoryGraph  # noqa: E402
 from mindloop.graph.conversations import import_conversations  # noqa: E402
 from mindloop.trainer.export import open_graph  # noqa: E402
+
+if TYPE_CHECKING:
+    from mindloop.agents.cycle.watch import WatchReport
 
 DATA = ROOT / "examples" / "data" / "conversations.jsonl"
 CORRECTIONS = ROOT / "examples" / "data" / "corrections.jsonl"
@@ -172,19 +176,19 @@ def training_signal(graph: MemoryGraph, agent, backend):
     return top, made
 
 
-def _rates(report: dict, checkpoint: str) -> None:
-    c = next((c for c in report["checkpoints"] if c["id"] == checkpoint), None)
+def _rates(report: WatchReport, checkpoint: str) -> None:
+    c = next((c for c in report.checkpoints if c.id == checkpoint), None)
     if c is None:
         return
-    table = Table(title=f"surface-observe: {checkpoint} against {c['parent'] or 'the base model'} "
-                        f"({c['n_before']} turns before, {c['n_after']} after): {c['verdict'].upper()}",
+    table = Table(title=f"surface-observe: {checkpoint} against {c.parent or 'the base model'} "
+                        f"({c.n_before} turns before, {c.n_after} after): {c.verdict.upper()}",
                   title_justify="left")
     for col in ("rate of turns that ...", "before", "after", "p (one-sided)", "level", "verdict"):
         table.add_column(col)
-    for t in c["tests"]:
-        table.add_row(t["what"][:60], f"{t['before_rate']:.3f}" if t["before_rate"] is not None else "-",
-                      f"{t['after_rate']:.3f}" if t["after_rate"] is not None else "-",
-                      f"{t['p_value']:.4f}" if t["p_value"] is not None else "-", f"{t['level']:.4f}", t["verdict"])
+    for t in c.tests:
+        table.add_row(t.what[:60], f"{t.before_rate:.3f}" if t.before_rate is not None else "-",
+                      f"{t.after_rate:.3f}" if t.after_rate is not None else "-",
+                      f"{t.p_value:.4f}" if t.p_value is not None else "-", f"{t.level:.4f}", t.verdict)
     console.print(table)
 
 
@@ -296,7 +300,7 @@ def over_trained(graph: MemoryGraph, agent, backend, pattern) -> None:
     verdict = gate_checkpoint(graph, store, result.checkpoint, observe)
     console.print(f"gate: {'PASS' if verdict.promote else 'REJECT'}")
     for c in verdict.checks:
-        console.print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}", markup=False)
+        console.print(f"  {'ok  ' if c.ok else 'FAIL'} {c.detail}", markup=False)
     console.print(f"[yellow]the operator promotes it anyway: mindloop checkpoints promote {result.checkpoint}[/]")
     promote(graph, store, result.checkpoint, reason="manual, over the gate's objection")
     loop = ChatLoop(graph, backend, on_pair=agent.on_pair)
@@ -307,14 +311,14 @@ def over_trained(graph: MemoryGraph, agent, backend, pattern) -> None:
     outcome = watch(graph, store, observe)
     rep = report(graph, store, observe)
     _rates(rep, result.checkpoint)
-    if outcome.get("rolled_back"):
-        alert = graph.get(outcome["alert"])
+    if outcome.rolled_back:
+        alert = graph.get(outcome.alert)
         console.print(f"[red]ALERT {alert.id}[/]: {alert.reason}")
         console.print(f"rolled back: {alert.details.get('action')}; now serving "
                       f"{(store.promoted() or {}).get('checkpoint') or 'the base model'}; the pattern's next run "
                       f"shrinks to {alert.details.get('plan')}")
     else:
-        console.print(f"watch verdict: {outcome['verdict']} (no rollback)")
+        console.print(f"watch verdict: {outcome.verdict} (no rollback)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,7 +98,7 @@ def gate_and_promote(graph, checkpoint: str) -> None:
     store = Checkpoints(graph.config.home / "checkpoints")
     verdict = gate_checkpoint(graph, store, checkpoint, ObserveConfig())
     for c in verdict.checks:
-        console.print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}", markup=False)
+        console.print(f"  {'ok  ' if c.ok else 'FAIL'} {c.detail}", markup=False)
     if verdict.promote:
         promote(graph, store, checkpoint, reason="gate passed (examples/04_compose_train_gate.py)")
         console.print(f"gate: PASS -> promoted {checkpoint}; the chat model serves it from its next reply")

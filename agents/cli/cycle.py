@@ -13,9 +13,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mindloop.agents.cli import common
 from mindloop.agents.cli.options import add_field, non_negative_float, positive, positive_float
+
+if TYPE_CHECKING:
+    from mindloop.agents.cycle.watch import Assessment
 
 __all__ = ["declare_daemon", "declare_observe", "declare_report", "declare_status"]
 
@@ -75,7 +79,7 @@ def _cmd_observe(args) -> int:
             result = ob.gate_checkpoint(g, store, args.gate, cfg, scope=args.scope)
             lines = [f"gate for {args.gate} (parent {result.parent or 'base model'}): "
                      f"{'PASS' if result.promote else 'REJECT'}"]
-            lines += [f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}" for c in result.checks]
+            lines += [f"  {'ok  ' if c.ok else 'FAIL'} {c.detail}" for c in result.checks]
             out = result.to_json()
             if result.promote and args.promote:
                 ob.promote(g, store, args.gate, reason="gate passed (mindloop observe --gate --promote)")
@@ -95,37 +99,37 @@ def _cmd_observe(args) -> int:
             common.emit(args, {"resolved": alert.id}, f"resolved {alert.id}")
             return 0
         if args.watch:
-            verdict = ob.watch(g, store, cfg, scope=args.scope)
-            common.emit(args, verdict, _format_assessment(verdict) + (
-                f"\nALERT {verdict['alert']}: rolled back {verdict['id']}" if verdict.get("rolled_back") else ""))
+            result = ob.watch(g, store, cfg, scope=args.scope)
+            text = (_format_assessment(result.assessment) if result.assessment
+                    else f"{result.id or 'base model'}: {result.verdict}")
+            common.emit(args, result.to_json(), text + (
+                f"\nALERT {result.alert}: rolled back {result.id}" if result.rolled_back else ""))
             return 0
         rep = ob.report(g, store, cfg, scope=args.scope)
-    lines = [f"in use: {rep['in_use'] or 'the base model'}"]
-    for c in rep["checkpoints"]:
+    lines = [f"in use: {rep.in_use or 'the base model'}"]
+    for c in rep.checkpoints:
         lines.append(_format_assessment(c))
-    opened = [a for a in rep["alerts"] if a["open"]]
-    lines.append(f"alerts: {len(rep['alerts'])} ({len(opened)} open)")
-    for a in rep["alerts"][:10]:
-        lines.append(f"  {'OPEN ' if a['open'] else '     '}{a['id']} [{a['kind']}] {a['message']}"
-                     + (f" -> {a['action']}" if a.get("action") else ""))
-    for r in rep["rollbacks"]:
-        lines.append(f"rollback {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['at']))}: {r['checkpoint']} -> "
-                     f"{r['to'] or 'base model'} ({r['reason']})")
-    common.emit(args, rep, "\n".join(lines))
+    opened = [a for a in rep.alerts if a.open]
+    lines.append(f"alerts: {len(rep.alerts)} ({len(opened)} open)")
+    for a in rep.alerts[:10]:
+        lines.append(f"  {'OPEN ' if a.open else '     '}{a.id} [{a.kind}] {a.message}"
+                     + (f" -> {a.action}" if a.action else ""))
+    for r in rep.rollbacks:
+        lines.append(f"rollback {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.at))}: {r.checkpoint} -> "
+                     f"{r.to or 'base model'} ({r.reason})")
+    common.emit(args, rep.to_json(), "\n".join(lines))
     return 0
 
 
-def _format_assessment(c: dict) -> str:
-    if "tests" not in c:
-        return f"{c.get('id') or 'base model'}: {c['verdict']}"
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["promoted_at"]))
-    lines = [f"{c['id']} (promoted {when} after {c['parent'] or 'base model'}; pattern {c.get('pattern') or '-'}): "
-             f"{c['verdict'].upper()}  turns before {c['n_before']}, after {c['n_after']}"]
-    for t in c["tests"]:
-        rates = f"{t['before_rate'] if t['before_rate'] is not None else '-'} -> " \
-                f"{t['after_rate'] if t['after_rate'] is not None else '-'}"
-        p = f"p={t['p_value']:.4f}" if t["p_value"] is not None else ""
-        lines.append(f"    {t['what']:<48} {rates:<18} {p:<10} {t['verdict']}")
+def _format_assessment(c: Assessment) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.promoted_at))
+    lines = [f"{c.id} (promoted {when} after {c.parent or 'base model'}; pattern {c.pattern or '-'}): "
+             f"{c.verdict.upper()}  turns before {c.n_before}, after {c.n_after}"]
+    for t in c.tests:
+        rates = f"{t.before_rate if t.before_rate is not None else '-'} -> " \
+                f"{t.after_rate if t.after_rate is not None else '-'}"
+        p = f"p={t.p_value:.4f}" if t.p_value is not None else ""
+        lines.append(f"    {t.what:<48} {rates:<18} {p:<10} {t.verdict}")
     return "\n".join(lines)
 
 

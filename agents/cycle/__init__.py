@@ -14,13 +14,15 @@ pattern's training job) and :mod:`~mindloop.agents.cycle.scheduler` (the LangGra
 ``graph``, ``trainer``, ``chat`` and ``signal``; the front ends import it.
 """
 
-from mindloop.agents.cycle.gate import GateResult, ObserveConfig, gate, gate_checkpoint
+from mindloop.agents.cycle.gate import GateCheck, GateResult, ObserveConfig, gate, gate_checkpoint
 from mindloop.agents.cycle.plans import Plan, grow_plan, plan_for, shrink_plan
 from mindloop.agents.cycle.promotion import checkpoint_status, in_use, promote, rollback
 from mindloop.agents.cycle.scheduler import Scheduler, SchedulerConfig
 from mindloop.agents.cycle.service import Readiness, TrainingJob, readiness, status, training_job
-from mindloop.agents.cycle.watch import open_alerts, report, watch
+from mindloop.agents.cycle.watch import (AlertSummary, Assessment, PatternRate, RateTest, RollbackEvent, WatchReport,
+                                         WatchResult, Window, open_alerts, report, watch)
 
-__all__ = ["GateResult", "ObserveConfig", "Plan", "Readiness", "Scheduler", "SchedulerConfig", "TrainingJob",
-           "checkpoint_status", "gate", "gate_checkpoint", "grow_plan", "in_use", "open_alerts", "plan_for", "promote",
-           "readiness", "report", "rollback", "shrink_plan", "status", "training_job", "watch"]
+__all__ = ["AlertSummary", "Assessment", "GateCheck", "GateResult", "ObserveConfig", "PatternRate", "Plan", "RateTest",
+           "Readiness", "RollbackEvent", "Scheduler", "SchedulerConfig", "TrainingJob", "WatchReport", "WatchResult",
+           "Window", "checkpoint_status", "gate", "gate_checkpoint", "grow_plan", "in_use", "open_alerts", "plan_for",
+           "promote", "readiness", "report", "rollback", "shrink_plan", "status", "training_job", "watch"]

@@ -24,7 +24,7 @@ from typing import Any
 from mindloop.agents.cycle.promotion import checkpoint_node
 from mindloop.graph import Alert, Eval, MemoryGraph
 
-__all__ = ["ObserveConfig", "GateResult", "gate", "gate_checkpoint"]
+__all__ = ["GateCheck", "GateResult", "ObserveConfig", "gate", "gate_checkpoint"]
 
 
 @dataclass
@@ -64,19 +64,42 @@ class ObserveConfig:
 
 
 @dataclass
+class GateCheck:
+    """One check of the gate: the measure ``before`` (the parent) and ``after`` (the candidate), whether it
+    passed, and the line that says so.
+
+    >>> GateCheck("perplexity", 10.0, 10.1, True, "perplexity 10.000 -> 10.100").to_json()["ok"]
+    True
+    """
+
+    name: str
+    before: float | None
+    after: float | None
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The check as the gate's ``Eval``, its ``Alert`` and ``mindloop observe --gate --json`` hold it."""
+        return asdict(self)
+
+
+@dataclass
 class GateResult:
+    """The gate's verdict on a candidate: promote it or not, whether the target moved too little, its checks."""
+
     checkpoint: str
     parent: str | None
     promote: bool
     too_small: bool
-    checks: list[dict[str, Any]]
+    checks: list[GateCheck]
 
     @property
     def reasons(self) -> list[str]:
-        return [c["detail"] for c in self.checks if not c["ok"]]
+        return [c.detail for c in self.checks if not c.ok]
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "reasons": self.reasons}
+        return {"checkpoint": self.checkpoint, "parent": self.parent, "promote": self.promote,
+                "too_small": self.too_small, "checks": [c.to_json() for c in self.checks], "reasons": self.reasons}
 
 
 def _kind(metrics: dict | None, kind: str, key: str, where: str = "kinds") -> float | None:
@@ -86,17 +109,16 @@ def _kind(metrics: dict | None, kind: str, key: str, where: str = "kinds") -> fl
         return None
 
 
-def gate(before: dict | None, after: dict | None, config: ObserveConfig | None = None) -> list[dict[str, Any]]:
+def gate(before: dict | None, after: dict | None, config: ObserveConfig | None = None) -> list[GateCheck]:
     """The gate's checks of ``after`` (the candidate) against ``before`` (its parent, same probes)."""
     c = config or ObserveConfig()
-    checks: list[dict[str, Any]] = []
+    checks: list[GateCheck] = []
 
     def check(name: str, b: float | None, a: float | None, ok, detail) -> None:
         if b is None or a is None:
-            checks.append({"name": name, "before": b, "after": a, "ok": False,
-                           "detail": f"{name}: not measured before and after"})
+            checks.append(GateCheck(name, b, a, False, f"{name}: not measured before and after"))
         else:
-            checks.append({"name": name, "before": b, "after": a, "ok": bool(ok(b, a)), "detail": detail(b, a)})
+            checks.append(GateCheck(name, b, a, bool(ok(b, a)), detail(b, a)))
 
     # the target is the pattern's own held-out examples when the run had them, else the target probes
     held = _kind(before, "target", "mean_margin", "heldout") is not None
@@ -127,14 +149,13 @@ def gate_checkpoint(graph: MemoryGraph, store, checkpoint_id: str, config: Obser
     try:
         manifest = store.get(checkpoint_id)
     except CheckpointError as e:
-        result = GateResult(checkpoint_id, None, False, False,
-                            [{"name": "checkpoint", "before": None, "after": None, "ok": False, "detail": str(e)}])
+        result = GateResult(checkpoint_id, None, False, False, [GateCheck("checkpoint", None, None, False, str(e))])
     else:
         metrics = manifest.get("metrics") or {}
         checks = gate(metrics.get("before"), metrics.get("after"), config)
         target = checks[0]
-        too_small = target["before"] is not None and target["after"] is not None and not target["ok"]
-        result = GateResult(checkpoint_id, manifest.get("parent"), all(c["ok"] for c in checks), too_small, checks)
+        too_small = target.before is not None and target.after is not None and not target.ok
+        result = GateResult(checkpoint_id, manifest.get("parent"), all(c.ok for c in checks), too_small, checks)
     if record:
         _record_gate(graph, result, scope)
     return result
@@ -156,4 +177,5 @@ def _record_gate(graph: MemoryGraph, result: GateResult, scope: str | None) -> N
         if not result.promote:
             graph.add(Alert(scope=scope, checkpoint=result.checkpoint, status="resolved",
                             reason=f"gate rejected {result.checkpoint}: " + "; ".join(result.reasons),
-                            details={"kind": "gate", "checks": result.checks, "parent": result.parent}))
+                            details={"kind": "gate", "checks": [c.to_json() for c in result.checks],
+                                     "parent": result.parent}))

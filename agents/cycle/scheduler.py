@@ -221,9 +221,9 @@ class Scheduler:
     def _wait(self, state: State) -> dict[str, Any]:
         if state.get("retry_at") and time.time() < state["retry_at"]:  # type: ignore[operator]
             return {"stop": True, "note": f"backing off until {time.ctime(state['retry_at'])}: {state.get('error')}"}
-        verdict = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
-        if verdict.get("rolled_back"):
-            self.say(f"watch: rolled back {verdict['id']} (alert {verdict['alert']})")
+        watched = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        if watched.rolled_back:
+            self.say(f"watch: rolled back {watched.id} (alert {watched.alert})")
         ready = readiness(self.graph, self.config, scope=self.scope)
         ripe = [r for r in ready if r.ripe]
         if not ripe:
@@ -345,20 +345,20 @@ class Scheduler:
         checkpoint = state["checkpoint"]
         result = gate_checkpoint(self.graph, self.store, checkpoint, self.observe, scope=self.scope)  # type: ignore
         for c in result.checks:
-            self.say(f"gate {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}")
+            self.say(f"gate {'ok  ' if c.ok else 'FAIL'} {c.detail}")
         _kill_point("gate")
         if result.promote:
             return {"phase": "promote"}
         used = state.get("accept_examples") or 20
-        regressed = [c for c in result.checks[1:] if not c["ok"]]
+        regressed = [c for c in result.checks[1:] if not c.ok]
         if regressed:  # too much: fewer examples, half the lr, more general replay
             plan = shrink_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
-                               why="gate: " + "; ".join(c["detail"] for c in regressed))
+                               why="gate: " + "; ".join(c.detail for c in regressed))
             self.say(f"the candidate regressed; the next run for {state['pattern']} shrinks: "
                      f"{plan.max_examples} accept examples, lr {plan.lr:g}, general {plan.general_ratio:.0%}")
         elif result.too_small:  # too little: more examples (up to 50), twice the lr
             plan = grow_plan(self.graph, state["pattern"], used_examples=used, method=self.config.method,  # type: ignore
-                             why=f"gate: {result.checks[0]['detail']}")
+                             why=f"gate: {result.checks[0].detail}")
             self.say(f"the target moved too little; the next run for {state['pattern']} grows: up to "
                      f"{plan.max_examples} accept examples, lr {plan.lr:g}")
         else:  # an unreadable candidate: nothing to learn about the plan
@@ -376,25 +376,27 @@ class Scheduler:
         return {"phase": "watch"}
 
     def _watch(self, state: State) -> dict[str, Any]:
-        verdict = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        watched = watch(self.graph, self.store, self.observe, scope=self.scope, method=self.config.method)
+        assessed = watched.assessment
+        n_after = assessed.n_after if assessed else 0
         in_use = self.store.promoted()
         still_ours = bool(in_use and in_use["checkpoint"] == state.get("checkpoint"))
-        if still_ours and verdict.get("n_after", 0) < self.observe.min_turns:
-            return {"stop": True, "note": f"watching {state['checkpoint']}: {verdict.get('n_after', 0)} turn(s) "
+        if still_ours and n_after < self.observe.min_turns:
+            return {"stop": True, "note": f"watching {state['checkpoint']}: {n_after} turn(s) "
                                           f"since promotion, needs {self.observe.min_turns}"}
-        if verdict["verdict"] in ("keep", "rollback"):
-            final = verdict["verdict"]
-        elif verdict["verdict"] == "insufficient data":  # enough turns after, too few before: nothing to compare
+        if watched.verdict in ("keep", "rollback"):
+            final = watched.verdict
+        elif watched.verdict == "insufficient data":  # enough turns after, too few before: nothing to compare
             final = "keep (no baseline)"
         else:  # rolled back (by this step before a restart, or by hand), or replaced by hand
             gone = checkpoint_status(self.graph, self.store, state.get("checkpoint"))
             final = "rollback" if gone == "rolled_back" else "superseded"
-        if verdict.get("rolled_back"):
+        if watched.rolled_back:
             final = "rollback"
         self.say(f"watch verdict for {state.get('checkpoint')}: {final}")
         _kill_point("watch")
         return {"phase": "wait", "stop": True, "run_id": None, "checkpoint": None,
                 "last": {"pattern": state.get("pattern"), "run": state.get("run_id"),
-                         "checkpoint": state.get("checkpoint"), "verdict": final, "alert": verdict.get("alert"),
-                         "tests": verdict.get("tests"), "at": time.time()}}
+                         "checkpoint": state.get("checkpoint"), "verdict": final, "alert": watched.alert,
+                         "tests": [t.to_json() for t in assessed.tests] if assessed else None, "at": time.time()}}
 

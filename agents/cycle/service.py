@@ -130,8 +130,9 @@ def status(graph: MemoryGraph, config: SchedulerConfig, observe: ObserveConfig, 
                                                      "last", "resuming")},
             "patterns": ready, "queue": [r["pattern"] for r in ready if r["ripe"]],
             "runs": runs,
-            "watch": [{k: c[k] for k in ("id", "verdict", "n_before", "n_after")} for c in rep["checkpoints"]],
-            "alerts": [a for a in rep["alerts"] if a["open"]]}
+            "watch": [{"id": c.id, "verdict": c.verdict, "n_before": c.n_before, "n_after": c.n_after}
+                      for c in rep.checkpoints],
+            "alerts": [a.to_json() for a in rep.alerts if a.open]}
 
 
 @dataclass

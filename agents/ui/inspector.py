@@ -119,12 +119,12 @@ def fallback_report(graph: MemoryGraph, checkpoints: Checkpoints, *, scope: str 
 
 
 def _default_observer() -> Callable[..., dict[str, Any]] | None:
-    """surface-observe's ``report(graph, checkpoints)`` when it is installed, else None."""
+    """surface-observe's ``report(graph, checkpoints)`` as JSON when it is installed, else None."""
     try:
         from mindloop.agents.cycle.watch import report
     except ImportError:
         return None
-    return report
+    return lambda graph, checkpoints, scope=None: report(graph, checkpoints, scope=scope).to_json()
 
 
 def _bins(times: list[float], events: list[float]) -> tuple[float, float, float]:

@@ -20,12 +20,12 @@ from .observe_data import add_pattern, fake_checkpoint, log_exchange, metrics
 
 
 def _checks(before, after, **cfg):
-    return {c["name"]: c for c in gate(before, after, ObserveConfig(**cfg))}
+    return {c.name: c for c in gate(before, after, ObserveConfig(**cfg))}
 
 
 def test_the_gate_passes_a_candidate_that_improves_the_target_and_regresses_nothing():
     checks = _checks(metrics(target=0.1), metrics(target=0.3, pushback=0.49, capability=0.79, ppl=10.15))
-    assert all(c["ok"] for c in checks.values()), checks
+    assert all(c.ok for c in checks.values()), checks
 
 
 @pytest.mark.parametrize("after, failing", [
@@ -36,19 +36,19 @@ def test_the_gate_passes_a_candidate_that_improves_the_target_and_regresses_noth
 ])
 def test_the_gate_names_each_regression(after, failing):
     checks = _checks(metrics(), after)
-    assert [name for name, c in checks.items() if not c["ok"]] == [failing]
+    assert [name for name, c in checks.items() if not c.ok] == [failing]
 
 
 def test_pushback_drop_is_relative_even_when_the_baseline_margin_is_negative():
     # -0.80 -> -0.83 is a 3.75% fall of a negative margin: within 5%; -0.80 -> -0.90 is 12.5%: a regression
-    assert _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.83))["pushback"]["ok"]
-    assert not _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.90))["pushback"]["ok"]
+    assert _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.83))["pushback"].ok
+    assert not _checks(metrics(pushback=-0.80), metrics(target=0.3, pushback=-0.90))["pushback"].ok
 
 
 def test_the_gate_refuses_a_candidate_without_measurements():
     checks = _checks(None, metrics())
-    assert not any(c["ok"] for c in checks.values())
-    assert "not measured" in checks["target"]["detail"]
+    assert not any(c.ok for c in checks.values())
+    assert "not measured" in checks["target"].detail
 
 
 def test_gate_checkpoint_records_the_rejection_in_the_graph_and_keeps_the_parent(graph, home):
@@ -63,6 +63,11 @@ def test_gate_checkpoint_records_the_rejection_in_the_graph_and_keeps_the_parent
     assert len(alerts) == 1 and "perplexity" in alerts[0].reason and alerts[0].details["kind"] == "gate"
     evals = [e for e in graph.nodes(kind="eval") if e.probes == "gate"]
     assert evals and evals[0].metrics["gate"]["promote"] is False
+    # the graph keeps the checks as plain JSON, the same the typed result writes
+    assert evals[0].metrics["gate"] == result.to_json()
+    assert alerts[0].details["checks"] == [c.to_json() for c in result.checks]
+    assert alerts[0].details["checks"][-1] == {"name": "perplexity", "before": 10.0, "after": 11.0, "ok": False,
+                                               "detail": result.reasons[0]}
     assert store.promoted() is None  # nothing was promoted
 
 
@@ -122,12 +127,12 @@ def test_watch_keeps_a_checkpoint_whose_rates_did_not_rise(graph, home):
     _serve(graph, 40, checkpoint=None, start=now - 1000, pattern=p, every=5)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=8, prefix="a")
-    verdict = watch(graph, store)
-    assert verdict["verdict"] == "keep" and not verdict["rolled_back"]
+    watched = watch(graph, store)
+    assert watched.verdict == "keep" and not watched.rolled_back
     assert store.promoted()["checkpoint"] == "ckpt_a"
-    trained = next(t for t in verdict["tests"] if t["key"] == p.id)
-    assert trained["what"].startswith("trained pattern recurred")
-    assert (trained["events_before"], trained["events_after"]) == (8, 5)
+    trained = next(t for t in watched.assessment.tests if t.key == p.id)
+    assert trained.what.startswith("trained pattern recurred")
+    assert (trained.events_before, trained.events_after) == (8, 5)
 
 
 def test_watch_gives_no_verdict_on_a_handful_of_turns(graph, home):
@@ -135,9 +140,9 @@ def test_watch_gives_no_verdict_on_a_handful_of_turns(graph, home):
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=1, prefix="a")  # all flagged
-    verdict = watch(graph, store)
-    assert verdict["verdict"] == "watching" and not verdict["rolled_back"]
-    assert all(t["verdict"] == "too few turns" for t in verdict["tests"])
+    watched = watch(graph, store)
+    assert watched.verdict == "watching" and not watched.rolled_back
+    assert all(t.verdict == "too few turns" for t in watched.assessment.tests)
     assert store.promoted()["checkpoint"] == "ckpt_a"
 
 
@@ -146,28 +151,40 @@ def test_watch_rolls_back_when_the_trained_pattern_recurs_and_shrinks_the_next_r
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000, pattern=p, every=10)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, pattern=p, every=2, prefix="a")
-    verdict = watch(graph, store)
-    assert verdict["verdict"] == "rollback" and verdict["rolled_back"]
+    watched = watch(graph, store)
+    assert watched.verdict == "rollback" and watched.rolled_back
     assert store.promoted() is None  # back to the parent: the base model
     assert graph.get("ckpt_a").status == "rolled_back"
-    alert = graph.get(verdict["alert"])
+    alert = graph.get(watched.alert)
     assert isinstance(alert, Alert) and "trained pattern recurred" in alert.reason
     assert [e.dst for e in graph.edges(alert.id, kinds=["rolled_back"], direction="out")] == ["ckpt_a"]
     assert alert.details["plan"] == {"max_examples": 14, "lr": 5e-5, "general_ratio": 0.4}
     assert plan_for(graph.get(p.id)).history[-1]["why"].startswith("rolled back ckpt_a")
     assert [e["event"] for e in store.history()] == ["promote", "rollback"]
+    # the JSON (observe --watch --json, the alert's details) keeps its keys and their order
+    out = watched.to_json()
+    assert list(out) == ["id", "parent", "promoted_at", "ended_at", "pattern", "status", "windows",
+                         "baseline_windows", "tests", "patterns", "verdict", "n_before", "n_after", "alert",
+                         "rolled_back"]
+    assert list(out["tests"][0]) == ["what", "key", "n_before", "n_after", "events_before", "events_after",
+                                     "before_rate", "after_rate", "p_value", "level", "verdict"]
+    assert list(out["windows"][0]) == ["start", "end", "turns", "flags", "surfaced_corrections", "dependence_mean"]
+    assert out["alert"] == alert.id and out["rolled_back"] is True and json.loads(json.dumps(out)) == out
+    assert alert.details["tests"] == [t.to_json() for t in watched.assessment.tests if t.verdict == "rose"]
     # a second watch has nothing left to roll back
-    assert watch(graph, store)["verdict"] == "nothing to watch"
+    again = watch(graph, store)
+    assert again.verdict == "nothing to watch" and again.assessment is None
+    assert again.to_json() == {"id": None, "verdict": "nothing to watch", "alert": None, "rolled_back": False}
 
 
 def test_watch_alerts_when_correction_memories_must_be_surfaced_more_often(graph, home):
     _serve(graph, 40, checkpoint=None, start=time.time() - 1000, surfaced_every=10)
     store = _promoted(graph, home)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, surfaced_every=2, prefix="a")
-    verdict = watch(graph, store, act=False)
-    assert verdict["verdict"] == "rollback" and not verdict["rolled_back"]  # act=False: assess only
-    risen = [t for t in verdict["tests"] if t["verdict"] == "rose"]
-    assert [t["key"] for t in risen] == ["surfaced_corrections"]
+    watched = watch(graph, store, act=False)
+    assert watched.verdict == "rollback" and not watched.rolled_back  # act=False: assess only
+    risen = [t for t in watched.assessment.tests if t.verdict == "rose"]
+    assert [t.key for t in risen] == ["surfaced_corrections"]
 
 
 def test_a_small_rise_in_every_pattern_is_caught_by_the_overall_rate(graph, home):
@@ -178,9 +195,9 @@ def test_a_small_rise_in_every_pattern_is_caught_by_the_overall_rate(graph, home
     store = _promoted(graph, home)
     for i, p in enumerate(pats):  # 10 of 30 per pattern after: each alone would be no significant rise (p ~ 0.03)
         _serve(graph, 30, checkpoint="ckpt_a", start=time.time() + 1 + 40 * i, pattern=p, every=3, prefix=f"a{i}")
-    verdict = watch(graph, store, act=False)
-    risen = [t["key"] for t in verdict["tests"] if t["verdict"] == "rose"]
-    assert risen == ["any_flag"] and verdict["verdict"] == "rollback"
+    watched = watch(graph, store, act=False)
+    risen = [t.key for t in watched.assessment.tests if t.verdict == "rose"]
+    assert risen == ["any_flag"] and watched.verdict == "rollback"
 
 
 def test_three_rises_are_tested_and_each_pattern_is_described(graph, home):
@@ -190,11 +207,11 @@ def test_three_rises_are_tested_and_each_pattern_is_described(graph, home):
     store = _promoted(graph, home, pattern=trained)
     for i, p in enumerate(others):
         _serve(graph, 10, checkpoint="ckpt_a", start=time.time() + 1 + 20 * i, pattern=p, every=5, prefix=f"a{i}")
-    verdict = watch(graph, store, act=False)
-    assert [t["key"] for t in verdict["tests"]] == [trained.id, "other_patterns", "surfaced_corrections"]
-    assert [t["level"] for t in verdict["tests"]] == pytest.approx([0.05 / 3] * 3)
-    assert {b["pattern"] for b in verdict["patterns"]} == {p.id for p in others}
-    assert all(b["events_after"] == 2 and b["events_before"] == 0 for b in verdict["patterns"])
+    watched = watch(graph, store, act=False)
+    assert [t.key for t in watched.assessment.tests] == [trained.id, "other_patterns", "surfaced_corrections"]
+    assert [t.level for t in watched.assessment.tests] == pytest.approx([0.05 / 3] * 3)
+    assert {b.pattern for b in watched.assessment.patterns} == {p.id for p in others}
+    assert all(b.events_after == 2 and b.events_before == 0 for b in watched.assessment.patterns)
 
 
 def test_observe_cli_prints_windows_tests_and_verdicts(graph, home, capsys):
@@ -205,7 +222,7 @@ def test_observe_cli_prints_windows_tests_and_verdicts(graph, home, capsys):
     graph.close()
     assert main(["observe", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["in_use"] == "ckpt_a"
+    assert list(rep) == ["in_use", "checkpoints", "alerts", "rollbacks", "config"] and rep["in_use"] == "ckpt_a"
     (c,) = rep["checkpoints"]
     # 40 replies, and the 20 corrected ones are followed by a second reply
     assert c["verdict"] == "rollback" and c["n_after"] == 60 and sum(w["turns"] for w in c["windows"]) == 60
@@ -243,7 +260,7 @@ def test_the_target_check_reads_the_patterns_held_out_examples_when_the_run_had_
     before["heldout"] = {"target": {"mean_margin": -0.5, "win_rate": 0.2, "n": 4}}
     after["heldout"] = {"target": {"mean_margin": 0.4, "win_rate": 0.8, "n": 4}}
     checks = _checks(before, after)
-    assert checks["target"]["ok"] and checks["target"]["detail"].startswith("held-out target margin -0.500")
+    assert checks["target"].ok and checks["target"].detail.startswith("held-out target margin -0.500")
 
 
 def test_the_watch_counts_only_turns_a_model_served_not_imported_logs(graph, home):
@@ -253,8 +270,8 @@ def test_the_watch_counts_only_turns_a_model_served_not_imported_logs(graph, hom
         log_exchange(graph, f"imp{i}", checkpoint=None, created=time.time() - 900 + i, pattern=p, model=None)
     store = _promoted(graph, home, pattern=p)
     _serve(graph, 40, checkpoint="ckpt_a", start=time.time() + 1, prefix="a")
-    verdict = watch(graph, store, act=False)
-    assert verdict["n_before"] == 40 and verdict["n_after"] == 40
+    watched = watch(graph, store, act=False)
+    assert watched.assessment.n_before == 40 and watched.assessment.n_after == 40
 
 
 def test_a_watch_interrupted_after_its_rollback_closes_its_alert_next_time(graph, home):
@@ -287,7 +304,7 @@ def test_a_checkpoints_status_is_the_historys_even_when_a_kill_left_the_graph_be
     assert checkpoint_status(graph, store, "ckpt_a") == "rolled_back"
     (item,) = Inspector(graph, checkpoints=store).checkpoint_list()["checkpoints"]
     assert item["status"] == "rolled_back" and not item["in_use"]
-    assert watch(graph, store, act=False)["verdict"] == "nothing to watch"
+    assert watch(graph, store, act=False).verdict == "nothing to watch"
     # what the history never named keeps the graph's own status
     fake_checkpoint(store.root, "ckpt_b", metrics={"before": metrics(), "after": metrics(ppl=11.0)})
     graph.add(Checkpoint(id="ckpt_b", path=str(store.root / "ckpt_b"), status="candidate"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -237,8 +238,9 @@ def test_the_default_observer_is_agents_observe_report(client, demo):
 
     data = client.get("/api/observer").json()
     expected = report(g, Checkpoints(g.config.home / "checkpoints"))
-    assert data["source"] == "observer" and data["in_use"] == expected["in_use"] == facts["checkpoints"][0]
-    assert [c["id"] for c in data["checkpoints"]] == [c["id"] for c in expected["checkpoints"]]
+    assert data["source"] == "observer" and data["in_use"] == expected.in_use == facts["checkpoints"][0]
+    assert [c["id"] for c in data["checkpoints"]] == [c.id for c in expected.checkpoints]
+    assert {k: v for k, v in data.items() if k != "source"} == json.loads(json.dumps(expected.to_json()))
     assert data["alerts"][0]["id"] == facts["alert"] and data["alerts"][0]["open"] is True
 
 
